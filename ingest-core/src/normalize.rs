@@ -1,0 +1,231 @@
+//! Normalization of what carriers send: phone numbers to E.164, raw statuses to the one status
+//! vocabulary, and carrier times to UTC RFC 3339.
+
+use carrier_ingest::v1::{Carrier, MessageStatus};
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+
+/// Why a value could not be normalized; the text is safe to return to a submitter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NormalizeError {
+    /// The address is empty.
+    #[error("is empty")]
+    Empty,
+    /// The address contains characters no phone number, short code or sender id has.
+    #[error("is not a phone number, short code or alphanumeric sender id")]
+    BadAddress,
+    /// The time is not RFC 3339 / ISO 8601 (or Twilio's `YYMMDDhhmm`).
+    #[error("is not an RFC 3339 time")]
+    BadTime,
+}
+
+/// Normalizes a sender or recipient address.
+///
+/// Phone numbers become E.164 (`+15551234567`): MessageBird's `15551234567` gains its `+`,
+/// formatting (spaces, dashes, dots, parentheses) is dropped, and a bare 10-digit number is taken
+/// as North American (`+1`). Short codes (3–8 digits) and alphanumeric sender ids are kept as they
+/// are, since they have no E.164 form; so is a 9-digit national number, rather than lose the event.
+pub fn address(raw: &str) -> Result<String, NormalizeError> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Err(NormalizeError::Empty);
+    }
+    if trimmed.len() > 64 || trimmed.chars().any(char::is_control) {
+        return Err(NormalizeError::BadAddress);
+    }
+    let looks_numeric = trimmed
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '.' | '(' | ')'));
+    if !looks_numeric {
+        // Alphanumeric sender id ("ACME"), or an address such as an email for RCS: keep as is.
+        return Ok(trimmed.to_owned());
+    }
+    let plus = trimmed.starts_with('+');
+    if trimmed[usize::from(plus)..].contains('+') {
+        return Err(NormalizeError::BadAddress);
+    }
+    let digits: String = trimmed.chars().filter(char::is_ascii_digit).collect();
+    match (plus, digits.len()) {
+        (_, 0) => Err(NormalizeError::BadAddress),
+        (true, 8..=15) => Ok(format!("+{digits}")),
+        (true, _) => Err(NormalizeError::BadAddress),
+        (false, 10) => Ok(format!("+1{digits}")),
+        (false, 11..=15) => Ok(format!("+{digits}")),
+        // Short codes, and national numbers we cannot place: kept, digits only.
+        (false, 3..=9) => Ok(digits),
+        (false, _) => Err(NormalizeError::BadAddress),
+    }
+}
+
+/// Normalizes a carrier time to UTC RFC 3339; an empty input stays empty (time unknown).
+///
+/// Accepts RFC 3339 with any offset, ISO 8601 without offset (taken as UTC), and Twilio's
+/// `RawDlrDoneDate` form `YYMMDDhhmm` (UTC).
+pub fn time(raw: &str) -> Result<String, NormalizeError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(String::new());
+    }
+    let utc: DateTime<Utc> = if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
+        t.with_timezone(&Utc)
+    } else if let Ok(t) = DateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S%.f%z") {
+        t.with_timezone(&Utc)
+    } else if let Ok(t) = NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S%.f") {
+        t.and_utc()
+    } else if raw.len() == 10 && raw.bytes().all(|b| b.is_ascii_digit()) {
+        NaiveDateTime::parse_from_str(raw, "%y%m%d%H%M")
+            .map_err(|_| NormalizeError::BadTime)?
+            .and_utc()
+    } else {
+        return Err(NormalizeError::BadTime);
+    };
+    Ok(utc.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+}
+
+/// Maps a carrier's raw status to the one vocabulary; unknown values become `Unknown`.
+pub fn status(carrier: Carrier, raw: &str) -> MessageStatus {
+    use MessageStatus as S;
+    let raw = raw.trim().to_ascii_lowercase();
+    let raw = raw.as_str();
+    match carrier {
+        Carrier::Twilio => match raw {
+            "queued" | "accepted" | "scheduled" => S::Queued,
+            "sending" => S::Sending,
+            "sent" => S::Sent,
+            "delivered" => S::Delivered,
+            "undelivered" => S::Undelivered,
+            "failed" => S::Failed,
+            "read" => S::Read,
+            "canceled" => S::Canceled,
+            _ => S::Unknown,
+        },
+        Carrier::Messagebird => match raw {
+            "scheduled" => S::Queued,
+            "buffered" => S::Sending,
+            "sent" => S::Sent,
+            "delivered" => S::Delivered,
+            "delivery_failed" => S::Failed,
+            "expired" => S::Expired,
+            _ => S::Unknown,
+        },
+        Carrier::Bandwidth => match raw {
+            "message-sending" => S::Sending,
+            "message-sent" => S::Sent,
+            "message-delivered" => S::Delivered,
+            "message-failed" => S::Failed,
+            "message-read" => S::Read,
+            _ => S::Unknown,
+        },
+        Carrier::Inteliquent => match raw {
+            "pending" => S::Queued,
+            "sent" => S::Sent,
+            "delivered" => S::Delivered,
+            "failed" => S::Failed,
+            "rejected" => S::Rejected,
+            "expired" => S::Expired,
+            _ => S::Unknown,
+        },
+        Carrier::Unspecified => S::Unknown,
+    }
+}
+
+/// The address with all but its last four characters masked, for logs.
+pub fn redact(address: &str) -> String {
+    let n = address.chars().count();
+    if n <= 4 {
+        return "*".repeat(n);
+    }
+    let tail: String = address.chars().skip(n - 4).collect();
+    format!("{}{tail}", "*".repeat(n - 4))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(address("15551234567").unwrap(), "+15551234567");
+        assert_eq!(address("+15551234567").unwrap(), "+15551234567");
+        assert_eq!(address("31612345678").unwrap(), "+31612345678");
+        assert_eq!(address("5551234567").unwrap(), "+15551234567");
+        assert_eq!(address("+1 (555) 123-4567").unwrap(), "+15551234567");
+        assert_eq!(address("12345").unwrap(), "12345");
+        assert_eq!(address("ACME Inc").unwrap(), "ACME Inc");
+        assert_eq!(address(""), Err(NormalizeError::Empty));
+        assert_eq!(address("+12"), Err(NormalizeError::BadAddress));
+        assert_eq!(address("1+2345"), Err(NormalizeError::BadAddress));
+        assert_eq!(address("12"), Err(NormalizeError::BadAddress));
+        assert_eq!(address("a\u{0}b"), Err(NormalizeError::BadAddress));
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(
+            time("2024-01-15T10:30:00.000Z").unwrap(),
+            "2024-01-15T10:30:00Z"
+        );
+        assert_eq!(
+            time("2024-01-15T10:30:00+00:00").unwrap(),
+            "2024-01-15T10:30:00Z"
+        );
+        assert_eq!(
+            time("2024-01-15T12:30:05+02:00").unwrap(),
+            "2024-01-15T10:30:05Z"
+        );
+        assert_eq!(
+            time("2024-01-15T10:30:00.250Z").unwrap(),
+            "2024-01-15T10:30:00.250Z"
+        );
+        assert_eq!(
+            time("2024-01-15T10:30:00+0100").unwrap(),
+            "2024-01-15T09:30:00Z"
+        );
+        assert_eq!(time("2024-01-15T10:30:00").unwrap(), "2024-01-15T10:30:00Z");
+        assert_eq!(time("2401151030").unwrap(), "2024-01-15T10:30:00Z");
+        assert_eq!(time("").unwrap(), "");
+        assert_eq!(time("yesterday"), Err(NormalizeError::BadTime));
+        assert_eq!(time("2499999999"), Err(NormalizeError::BadTime));
+    }
+
+    #[test]
+    fn statuses_follow_the_table() {
+        use MessageStatus as S;
+        let table = [
+            (Carrier::Twilio, "accepted", S::Queued),
+            (Carrier::Twilio, "undelivered", S::Undelivered),
+            (Carrier::Twilio, "canceled", S::Canceled),
+            (Carrier::Twilio, "partially_delivered", S::Unknown),
+            (Carrier::Messagebird, "buffered", S::Sending),
+            (Carrier::Messagebird, "delivery_failed", S::Failed),
+            (Carrier::Bandwidth, "message-delivered", S::Delivered),
+            (Carrier::Bandwidth, "message-read", S::Read),
+            (Carrier::Inteliquent, "pending", S::Queued),
+            (Carrier::Inteliquent, "rejected", S::Rejected),
+            (Carrier::Inteliquent, "exploded", S::Unknown),
+        ];
+        for (carrier, raw, want) in table {
+            assert_eq!(status(carrier, raw), want, "{carrier:?} {raw}");
+        }
+    }
+
+    #[test]
+    fn redaction_keeps_only_the_tail() {
+        assert_eq!(redact("+15551234567"), "********4567");
+        assert_eq!(redact("123"), "***");
+    }
+
+    proptest! {
+        #[test]
+        fn address_never_panics_and_is_idempotent(s in "\\PC{0,40}") {
+            if let Ok(a) = address(&s) {
+                prop_assert_eq!(address(&a).unwrap(), a);
+            }
+        }
+
+        #[test]
+        fn time_never_panics(s in "\\PC{0,40}") {
+            let _ = time(&s);
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Assembly of the core from configuration, and the gRPC server with its limits, health,
+//! reflection and graceful drain.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use carrier_ingest::v1::ingest_service_server::IngestServiceServer;
+use tokio::{net::TcpListener, sync::Notify};
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    config::{CoreConfig, DedupeKind, PublisherKind},
+    dedupe::{DedupeStore, MemoryDedupe},
+    publish::{Publisher, Spool},
+    service::{IngestGrpc, Pipeline, Routes},
+};
+
+/// Largest accepted gRPC message.
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// How long a claim may be held before another caller may take it over.
+const CLAIM_LEASE: Duration = Duration::from_secs(30);
+/// How often readiness re-checks the publisher's queues.
+const READINESS_INTERVAL: Duration = Duration::from_secs(5);
+/// The service name reported by gRPC health.
+pub const SERVICE_NAME: &str = "carrier.ingest.v1.IngestService";
+
+/// Why the core could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The spool directory could not be created.
+    #[error("cannot open spool directory: {0}")]
+    Spool(#[source] std::io::Error),
+}
+
+/// Builds the pipeline with the backends `config` chooses.
+pub async fn build_pipeline(config: &CoreConfig) -> Result<Arc<Pipeline>, BuildError> {
+    let publisher: Arc<dyn Publisher> = match config.publisher {
+        PublisherKind::Spool => Arc::new(Spool::open(&config.data_dir).map_err(BuildError::Spool)?),
+    };
+    let dedupe: Arc<dyn DedupeStore> = match config.dedupe {
+        DedupeKind::Memory => Arc::new(MemoryDedupe::new(
+            Duration::from_secs(config.dedupe_ttl_secs),
+            config.dedupe_capacity,
+            CLAIM_LEASE,
+        )),
+    };
+    tracing::info!(
+        publisher = publisher.name(),
+        dedupe = dedupe.name(),
+        "core backends"
+    );
+    let routes = Routes {
+        inbound: config.inbound_queue.clone(),
+        status: config.status_queue.clone(),
+    };
+    Ok(Pipeline::new(dedupe, publisher, routes))
+}
+
+/// Limits of the gRPC server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Deadline of one call.
+    pub request_timeout: Duration,
+    /// Calls in flight per connection before load is shed.
+    pub concurrency: usize,
+    /// How long in-flight calls may drain after shutdown starts.
+    pub grace: Duration,
+}
+
+impl Limits {
+    /// Limits from the core's configuration and a drain grace period.
+    pub fn from_config(config: &CoreConfig, grace: Duration) -> Self {
+        Self {
+            request_timeout: config.request_timeout(),
+            concurrency: config.grpc_concurrency_limit,
+            grace,
+        }
+    }
+}
+
+/// Serves the core on `listener` until `shutdown` completes, then drains in-flight calls for at
+/// most `limits.grace`.
+pub async fn serve(
+    listener: TcpListener,
+    pipeline: Arc<Pipeline>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+    let readiness = tokio::spawn(readiness_loop(pipeline.clone(), health.clone()));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(carrier_ingest::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("embedded descriptor sets are valid");
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(carrier_ingest::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("embedded descriptor sets are valid");
+    let ingest = IngestServiceServer::new(IngestGrpc::new(pipeline))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+
+    let draining = Arc::new(Notify::new());
+    let signal = {
+        let draining = draining.clone();
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown: draining in-flight calls");
+            readiness.abort();
+            set_health(&health, ServingStatus::NotServing).await;
+            draining.notify_one();
+        }
+    };
+    let server = Server::builder()
+        .timeout(limits.request_timeout)
+        .concurrency_limit_per_connection(limits.concurrency)
+        .load_shed(true)
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ingest)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
+    tokio::select! {
+        result = server => result,
+        () = async { draining.notified().await; tokio::time::sleep(limits.grace).await } => {
+            tracing::warn!(grace_secs = limits.grace.as_secs(), "shutdown: grace period over, dropping calls still in flight");
+            Ok(())
+        }
+    }
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Reports SERVING only while every configured queue accepts publishes.
+async fn readiness_loop(pipeline: Arc<Pipeline>, health: HealthReporter) {
+    let mut last = None;
+    loop {
+        let mut ready = true;
+        for queue in pipeline.routes().all() {
+            if let Err(error) = pipeline.publisher().check(&queue).await {
+                tracing::warn!(%error, queue, "readiness: queue not usable");
+                ready = false;
+            }
+        }
+        let status = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(ready) {
+            tracing::info!(ready, "readiness changed");
+            set_health(&health, status).await;
+            last = Some(ready);
+        }
+        tokio::time::sleep(READINESS_INTERVAL).await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

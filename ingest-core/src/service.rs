@@ -1,0 +1,307 @@
+//! The `IngestService` gRPC handlers and the claim → publish → commit pipeline behind them.
+
+use std::sync::Arc;
+
+use carrier_ingest::v1::{
+    Outcome, SubmitBatchReply, SubmitBatchRequest, SubmitInboundRequest, SubmitReply,
+    SubmitStatusRequest, ingest_service_server::IngestService,
+};
+use futures_util::future::join_all;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use tracing::Instrument;
+
+use crate::{
+    dedupe::{Claim, DedupeError, DedupeStore},
+    event::{self, Normalized, Submitted, Violation},
+    publish::{EventKind, PublishError, Publisher},
+};
+
+/// Most events in one `SubmitBatch`.
+pub const MAX_BATCH: usize = 100;
+
+/// Where each kind of event is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routes {
+    /// Queue for inbound messages.
+    pub inbound: String,
+    /// Queue for delivery statuses.
+    pub status: String,
+}
+
+impl Routes {
+    /// The queue for an event of `kind`.
+    pub fn queue(&self, kind: EventKind) -> &str {
+        match kind {
+            EventKind::Inbound => &self.inbound,
+            EventKind::Status => &self.status,
+        }
+    }
+
+    /// Every configured queue, for readiness checks.
+    pub fn all(&self) -> Vec<String> {
+        let mut queues = vec![self.inbound.clone(), self.status.clone()];
+        queues.dedup();
+        queues
+    }
+}
+
+/// Why an event was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The submitted event is invalid; nothing was published.
+    #[error("invalid event")]
+    Invalid(Vec<Violation>),
+    /// The event could not be made durable; the submitter must retry.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The dedupe store failed; the submitter must retry.
+    #[error(transparent)]
+    Dedupe(#[from] DedupeError),
+    /// A bug or a panic in the pipeline.
+    #[error("internal error")]
+    Internal,
+}
+
+impl IngestError {
+    /// The gRPC code for this error: one table, no catch-all.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::Invalid(_) => Code::InvalidArgument,
+            Self::Publish(_) | Self::Dedupe(_) => Code::Unavailable,
+            Self::Internal => Code::Internal,
+        }
+    }
+}
+
+impl From<IngestError> for Status {
+    fn from(e: IngestError) -> Self {
+        let code = e.code();
+        match e {
+            IngestError::Invalid(violations) => {
+                let mut details = ErrorDetails::new();
+                for v in &violations {
+                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                }
+                let summary = violations
+                    .iter()
+                    .map(|v| format!("{} {}", v.field, v.description))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Status::with_error_details(code, format!("invalid event: {summary}"), details)
+            }
+            // Internal detail was logged where it happened; the reply stays generic.
+            IngestError::Publish(_) | IngestError::Dedupe(_) => {
+                Status::new(code, "event not stored; retry later")
+            }
+            IngestError::Internal => Status::new(code, "internal error"),
+        }
+    }
+}
+
+/// Dedupe and publishing, shared by every handler.
+pub struct Pipeline {
+    dedupe: Arc<dyn DedupeStore>,
+    publisher: Arc<dyn Publisher>,
+    routes: Routes,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("dedupe", &self.dedupe.name())
+            .field("publisher", &self.publisher.name())
+            .field("routes", &self.routes)
+            .finish()
+    }
+}
+
+impl Pipeline {
+    /// A pipeline over the given backends.
+    pub fn new(
+        dedupe: Arc<dyn DedupeStore>,
+        publisher: Arc<dyn Publisher>,
+        routes: Routes,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            dedupe,
+            publisher,
+            routes,
+        })
+    }
+
+    /// The configured routes.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// The publisher, for readiness checks.
+    pub fn publisher(&self) -> &Arc<dyn Publisher> {
+        &self.publisher
+    }
+
+    /// Dedupes and publishes one normalized event.
+    ///
+    /// The work runs in its own task, so a caller that gives up (deadline, disconnect) cannot
+    /// leave a claim half-settled: the publish completes and its claim is committed or released.
+    pub async fn ingest(self: &Arc<Self>, event: Normalized) -> Result<SubmitReply, IngestError> {
+        let this = self.clone();
+        let span = tracing::info_span!(
+            "ingest",
+            carrier = event::carrier_name(event.carrier),
+            kind = event.kind.as_str(),
+            carrier_message_id = %event.carrier_message_id,
+            event_id = %event.event_id,
+        );
+        tokio::spawn(async move { this.process(event).await }.instrument(span))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "ingest task failed");
+                IngestError::Internal
+            })?
+    }
+
+    async fn process(&self, event: Normalized) -> Result<SubmitReply, IngestError> {
+        let event_id = event.event_id.clone();
+        let token = match self.dedupe.claim(&event_id).await {
+            Ok(Claim::Duplicate) => {
+                tracing::info!(outcome = "duplicate", "event already published");
+                return Ok(reply(event_id, Outcome::Duplicate));
+            }
+            Ok(Claim::Acquired(token)) => token,
+            Err(error) => {
+                tracing::error!(%error, "dedupe claim failed");
+                return Err(error.into());
+            }
+        };
+        let queue = self.routes.queue(event.kind);
+        let outbound = event.to_outbound();
+        match self.publisher.publish(queue, &outbound).await {
+            Ok(()) => {
+                if let Err(error) = self.dedupe.commit(&event_id, &token).await {
+                    // The event is durable; a retry may publish it again, which consumers absorb
+                    // by event_id. Failing the call now would only cause that retry.
+                    tracing::warn!(%error, "dedupe commit failed after publish");
+                }
+                tracing::info!(
+                    outcome = "accepted",
+                    status = outbound.status,
+                    "event published"
+                );
+                Ok(reply(event_id, Outcome::Accepted))
+            }
+            Err(error) => {
+                tracing::error!(%error, queue, "publish failed");
+                if let Err(release) = self.dedupe.release(&event_id, &token).await {
+                    tracing::warn!(error = %release, "dedupe release failed; claim will lapse");
+                }
+                Err(error.into())
+            }
+        }
+    }
+}
+
+fn reply(event_id: String, outcome: Outcome) -> SubmitReply {
+    SubmitReply {
+        event_id,
+        outcome: outcome as i32,
+    }
+}
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct IngestGrpc {
+    pipeline: Arc<Pipeline>,
+}
+
+impl IngestGrpc {
+    /// The service over `pipeline`.
+    pub fn new(pipeline: Arc<Pipeline>) -> Self {
+        Self { pipeline }
+    }
+
+    async fn one(&self, submitted: Submitted, prefix: &str) -> Result<SubmitReply, Status> {
+        let normalized = event::normalize(submitted, prefix).map_err(IngestError::Invalid)?;
+        Ok(self.pipeline.ingest(normalized).await?)
+    }
+}
+
+fn missing(field: &str) -> Status {
+    IngestError::Invalid(vec![Violation {
+        field: field.to_owned(),
+        description: "is required".to_owned(),
+    }])
+    .into()
+}
+
+#[tonic::async_trait]
+impl IngestService for IngestGrpc {
+    async fn submit_inbound(
+        &self,
+        request: Request<SubmitInboundRequest>,
+    ) -> Result<Response<SubmitReply>, Status> {
+        let message = request
+            .into_inner()
+            .message
+            .ok_or_else(|| missing("message"))?;
+        self.one(Submitted::Inbound(message), "message.")
+            .await
+            .map(Response::new)
+    }
+
+    async fn submit_status(
+        &self,
+        request: Request<SubmitStatusRequest>,
+    ) -> Result<Response<SubmitReply>, Status> {
+        let status = request
+            .into_inner()
+            .status
+            .ok_or_else(|| missing("status"))?;
+        self.one(Submitted::Status(status), "status.")
+            .await
+            .map(Response::new)
+    }
+
+    async fn submit_batch(
+        &self,
+        request: Request<SubmitBatchRequest>,
+    ) -> Result<Response<SubmitBatchReply>, Status> {
+        let events = request.into_inner().events;
+        if events.is_empty() {
+            return Err(missing("events"));
+        }
+        if events.len() > MAX_BATCH {
+            return Err(IngestError::Invalid(vec![Violation {
+                field: "events".into(),
+                description: format!("has more than {MAX_BATCH} events"),
+            }])
+            .into());
+        }
+        // Validate the whole batch before publishing any of it.
+        let mut normalized = Vec::with_capacity(events.len());
+        let mut violations = Vec::new();
+        for (i, e) in events.into_iter().enumerate() {
+            let (submitted, prefix) = match Submitted::from_batch(e) {
+                Some(s @ Submitted::Inbound(_)) => (s, format!("events[{i}].inbound.")),
+                Some(s @ Submitted::Status(_)) => (s, format!("events[{i}].status.")),
+                None => {
+                    violations.push(Violation {
+                        field: format!("events[{i}]"),
+                        description: "has no event".into(),
+                    });
+                    continue;
+                }
+            };
+            match event::normalize(submitted, &prefix) {
+                Ok(n) => normalized.push(n),
+                Err(v) => violations.extend(v),
+            }
+        }
+        if !violations.is_empty() {
+            return Err(IngestError::Invalid(violations).into());
+        }
+        let results = join_all(normalized.into_iter().map(|n| self.pipeline.ingest(n))).await;
+        let results = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(SubmitBatchReply { results }))
+    }
+}
