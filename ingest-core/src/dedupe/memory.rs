@@ -100,10 +100,10 @@ impl MemoryDedupe {
                 .insert(key.to_owned(), Entry::Done { expires });
             inner.expiries.push_back((expires, key.to_owned()));
             while inner.expiries.len() > self.capacity {
-                if let Some((_, old)) = inner.expiries.pop_front() {
-                    if matches!(inner.entries.get(&old), Some(Entry::Done { .. })) {
-                        inner.entries.remove(&old);
-                    }
+                if let Some((_, old)) = inner.expiries.pop_front()
+                    && matches!(inner.entries.get(&old), Some(Entry::Done { .. }))
+                {
+                    inner.entries.remove(&old);
                 }
             }
         } else {

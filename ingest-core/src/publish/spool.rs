@@ -21,12 +21,13 @@ use super::{OutboundEvent, PublishError, Publisher};
 const MAX_GROUP: usize = 4096;
 
 type Reply = oneshot::Sender<Result<(), Arc<io::Error>>>;
+type Writer = mpsc::UnboundedSender<(Vec<u8>, Reply)>;
 
 /// Appends events to `<dir>/<queue>.jsonl`, fsynced before each acknowledgement.
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
-    writers: Mutex<HashMap<String, mpsc::UnboundedSender<(Vec<u8>, Reply)>>>,
+    writers: Mutex<HashMap<String, Writer>>,
 }
 
 impl Spool {
@@ -45,12 +46,12 @@ impl Spool {
         self.dir.join(format!("{}.jsonl", file_stem(queue)))
     }
 
-    fn writer(&self, queue: &str) -> io::Result<mpsc::UnboundedSender<(Vec<u8>, Reply)>> {
+    fn writer(&self, queue: &str) -> io::Result<Writer> {
         let mut writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = writers.get(queue) {
-            if !tx.is_closed() {
-                return Ok(tx.clone());
-            }
+        if let Some(tx) = writers.get(queue)
+            && !tx.is_closed()
+        {
+            return Ok(tx.clone());
         }
         let path = self.path_for(queue);
         let file = open_repaired(&path)?;
@@ -101,10 +102,8 @@ fn open_repaired(path: &Path) -> io::Result<File> {
             file.sync_all()?;
         }
     }
-    if created {
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
+    if created && let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
     }
     Ok(file)
 }

@@ -1,0 +1,321 @@
+//! The HTTP application: routes, the one webhook handler every carrier shares, limits, probes,
+//! and the server with its graceful drain.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    BoxError, Json, Router,
+    body::Bytes,
+    error_handling::HandleErrorLayer,
+    extract::{ConnectInfo, DefaultBodyLimit, Path, State, rejection::BytesRejection},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use carrier_ingest::v1::Outcome;
+use serde_json::json;
+use tokio::{net::TcpListener, sync::Notify};
+use tower::ServiceBuilder;
+
+use crate::{
+    auth::{Incoming, Verifier},
+    carriers::{
+        Webhook, bandwidth::Bandwidth, inteliquent::Inteliquent, message_id,
+        messagebird::MessageBird, twilio::Twilio,
+    },
+    config::Verifiers,
+    core_client::CoreClient,
+    error::EdgeError,
+};
+
+/// Limits of the HTTP server.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Largest body.
+    pub body_bytes: usize,
+    /// Deadline of a whole request.
+    pub request_timeout: Duration,
+    /// Requests in flight before load is shed.
+    pub concurrency: usize,
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    core: CoreClient,
+    verifiers: Verifiers,
+    draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// State over a core client and the carriers' verifiers.
+    pub fn new(core: CoreClient, verifiers: Verifiers) -> Self {
+        Self {
+            core,
+            verifiers,
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn verifier(&self, carrier: &str) -> &dyn Verifier {
+        match carrier {
+            "bandwidth" => self.verifiers.bandwidth.as_ref(),
+            "twilio" => self.verifiers.twilio.as_ref(),
+            "messagebird" => self.verifiers.messagebird.as_ref(),
+            _ => self.verifiers.inteliquent.as_ref(),
+        }
+    }
+}
+
+/// The router with every endpoint of the spec, plus `/livez` and `/readyz`.
+pub fn router(state: AppState, limits: HttpLimits) -> Router {
+    let webhooks = Router::new()
+        .route(
+            "/bandwidth/{destination}",
+            post(bandwidth).options(|| preflight(false)),
+        )
+        .route("/twilio", post(webhook::<Twilio>))
+        .route(
+            "/messagebird",
+            post(webhook::<MessageBird>).get(webhook::<MessageBird>),
+        )
+        .route(
+            "/webhooks/inteliquent",
+            post(webhook::<Inteliquent>).options(|| preflight(true)),
+        )
+        .layer(DefaultBodyLimit::max(limits.body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(overloaded))
+                .load_shed()
+                .concurrency_limit(limits.concurrency)
+                .timeout(limits.request_timeout),
+        );
+    Router::new()
+        .merge(webhooks)
+        .route(
+            "/livez",
+            get(|| async { Json(json!({ "status": "live" })) }),
+        )
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn overloaded(error: BoxError) -> Response {
+    let (status, message) = if error.is::<tower::timeout::error::Elapsed>() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request timed out; retry later",
+        )
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "overloaded; retry later")
+    };
+    tracing::warn!(%error, "request shed");
+    (
+        status,
+        Json(json!({ "success": false, "error": "unavailable", "message": message })),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "success": false, "error": "not_found", "message": "no such endpoint" })),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.draining.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining" })),
+        )
+            .into_response();
+    }
+    if state.core.ready().await {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "core unavailable" })),
+        )
+            .into_response()
+    }
+}
+
+/// The CORS preflight answers of the spec, with exactly its headers.
+async fn preflight(inteliquent: bool) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    headers.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
+    if inteliquent {
+        headers.insert(
+            "access-control-allow-headers",
+            HeaderValue::from_static("Content-Type, Authorization"),
+        );
+        headers.insert("access-control-max-age", HeaderValue::from_static("86400"));
+    } else {
+        headers.insert(
+            "access-control-allow-headers",
+            HeaderValue::from_static("Content-Type, X-Bandwidth-Signature"),
+        );
+    }
+    (StatusCode::OK, headers).into_response()
+}
+
+async fn bandwidth(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(destination): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let incoming = incoming(method, uri, headers, body, peer, Some(destination));
+    handle::<Bandwidth>(&state, incoming).await
+}
+
+async fn webhook<W: Webhook>(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let incoming = incoming(method, uri, headers, body, peer, None);
+    handle::<W>(&state, incoming).await
+}
+
+fn incoming(
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    peer: SocketAddr,
+    destination: Option<String>,
+) -> Result<Incoming, EdgeError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            EdgeError::TooLarge
+        } else {
+            EdgeError::Malformed("unreadable body".to_owned())
+        }
+    })?;
+    Ok(Incoming {
+        method,
+        uri,
+        headers,
+        body,
+        peer,
+        destination,
+    })
+}
+
+/// Verify → parse → submit → reply: the one path every carrier's call takes.
+async fn handle<W: Webhook>(state: &AppState, incoming: Result<Incoming, EdgeError>) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let incoming = incoming?;
+        let verified = state
+            .verifier(W::NAME)
+            .verify(&incoming)
+            .inspect_err(|reason| {
+                tracing::info!(carrier = W::NAME, %reason, "webhook rejected: authentication");
+            })?;
+        let events = W::parse(&verified)?;
+        let replies = state.core.submit(events.clone()).await?;
+        Ok::<_, EdgeError>((events, replies))
+    }
+    .await;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok((events, replies)) => {
+            let duplicates = replies
+                .iter()
+                .filter(|r| r.outcome == Outcome::Duplicate as i32)
+                .count();
+            tracing::info!(
+                carrier = W::NAME,
+                events = events.len(),
+                duplicates,
+                carrier_message_id = events.first().map(message_id).unwrap_or_default(),
+                elapsed_ms,
+                "webhook accepted"
+            );
+            let mut response = W::accepted(&events, &replies);
+            if let Some(first) = replies.first() {
+                if let Ok(v) = HeaderValue::from_str(&first.event_id) {
+                    response.headers_mut().insert("x-ingest-event-id", v);
+                }
+                let outcome = if duplicates == replies.len() {
+                    "duplicate"
+                } else {
+                    "accepted"
+                };
+                response
+                    .headers_mut()
+                    .insert("x-ingest-outcome", HeaderValue::from_static(outcome));
+            }
+            response
+        }
+        Err(error) => {
+            let status = error.status(W::INVALID_STATUS);
+            if status.is_server_error() {
+                tracing::warn!(carrier = W::NAME, %status, %error, elapsed_ms, "webhook failed; carrier will retry");
+            } else {
+                tracing::info!(carrier = W::NAME, %status, %error, elapsed_ms, "webhook refused");
+            }
+            error.into_response_with(W::INVALID_STATUS)
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes; readiness turns false at once, then
+/// in-flight requests drain for at most `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    state: &AppState,
+    grace: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let draining_flag = state.draining.clone();
+    let draining = Arc::new(Notify::new());
+    let signal = {
+        let draining = draining.clone();
+        async move {
+            shutdown.await;
+            draining_flag.store(true, Ordering::Relaxed);
+            tracing::info!("shutdown: draining in-flight requests");
+            draining.notify_one();
+        }
+    };
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(signal);
+    tokio::select! {
+        result = server.into_future() => result,
+        () = async { draining.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "shutdown: grace period over, dropping requests still in flight");
+            Ok(())
+        }
+    }
+}

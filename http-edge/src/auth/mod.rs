@@ -1,0 +1,155 @@
+//! Authenticity of webhook calls: one verifier per carrier behind one trait.
+//!
+//! Handlers only get a [`Verified`] request from a [`Verifier`], so nothing unverified can be
+//! parsed or submitted. Verification runs on the raw bytes, before any parsing.
+
+mod basic;
+mod bearer;
+
+pub use basic::BasicVerifier;
+pub use bearer::BearerVerifier;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Uri};
+
+/// A webhook call exactly as received, before verification.
+#[derive(Debug)]
+pub struct Incoming {
+    /// HTTP method.
+    pub method: Method,
+    /// Request target as received (path and raw query, byte for byte).
+    pub uri: Uri,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// Raw body.
+    pub body: Bytes,
+    /// The TCP peer (the ingress controller or proxy in front of us, usually).
+    pub peer: SocketAddr,
+    /// Bandwidth's `{destination}` path parameter.
+    pub destination: Option<String>,
+}
+
+impl Incoming {
+    /// The value of header `name` as text, if present and valid.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The raw query string (without `?`), empty when absent.
+    pub fn raw_query(&self) -> &str {
+        self.uri.query().unwrap_or("")
+    }
+}
+
+/// A call whose authenticity was checked (or explicitly not checked, in development).
+#[derive(Debug)]
+pub struct Verified<'a>(&'a Incoming);
+
+impl<'a> Verified<'a> {
+    /// Only verifiers in this module vouch for a request.
+    fn vouch(incoming: &'a Incoming) -> Self {
+        Self(incoming)
+    }
+
+    /// The verified call.
+    pub fn request(&self) -> &'a Incoming {
+        self.0
+    }
+}
+
+/// Why a call was rejected. The reason is logged; the reply says only 401 or 403.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No credentials or signature, or a malformed one (401).
+    #[error("missing or malformed credentials: {0}")]
+    Missing(&'static str),
+    /// Credentials or signature present but wrong (401).
+    #[error("invalid credentials: {0}")]
+    Invalid(&'static str),
+    /// Authenticated but not accepted (403).
+    #[error("credentials not accepted: {0}")]
+    Forbidden(&'static str),
+    /// This carrier has no secret configured and verification is on: fail closed (401).
+    #[error("no credentials configured for this carrier")]
+    NotConfigured,
+}
+
+/// Checks one carrier's calls.
+pub trait Verifier: Send + Sync + 'static {
+    /// Verifies `incoming` or says why not.
+    fn verify<'a>(&self, incoming: &'a Incoming) -> Result<Verified<'a>, AuthError>;
+    /// The scheme in force, for the start-up log (never includes secrets).
+    fn describe(&self) -> String;
+}
+
+/// Accepts everything: only for local development, chosen explicitly.
+#[derive(Debug, Clone, Copy)]
+pub struct Disabled;
+
+impl Verifier for Disabled {
+    fn verify<'a>(&self, incoming: &'a Incoming) -> Result<Verified<'a>, AuthError> {
+        Ok(Verified::vouch(incoming))
+    }
+
+    fn describe(&self) -> String {
+        "DISABLED (development only: every call is accepted unverified)".to_owned()
+    }
+}
+
+/// Rejects everything: a carrier with no secret configured.
+#[derive(Debug, Clone, Copy)]
+pub struct FailClosed;
+
+impl Verifier for FailClosed {
+    fn verify<'a>(&self, _incoming: &'a Incoming) -> Result<Verified<'a>, AuthError> {
+        Err(AuthError::NotConfigured)
+    }
+
+    fn describe(&self) -> String {
+        "no secret configured: every call is rejected (fail closed)".to_owned()
+    }
+}
+
+/// Splits `Authorization: <scheme> <credentials>`, matching the scheme case-insensitively.
+fn authorization<'a>(incoming: &'a Incoming, scheme: &str) -> Result<&'a str, AuthError> {
+    let value = incoming
+        .header("authorization")
+        .ok_or(AuthError::Missing("no Authorization header"))?;
+    let (given, credentials) = value
+        .split_once(' ')
+        .ok_or(AuthError::Missing("malformed Authorization header"))?;
+    if !given.eq_ignore_ascii_case(scheme) {
+        return Err(AuthError::Missing("wrong Authorization scheme"));
+    }
+    let credentials = credentials.trim();
+    if credentials.is_empty() {
+        return Err(AuthError::Missing("empty credentials"));
+    }
+    Ok(credentials)
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A POST to `uri` with the given headers and body, from loopback.
+    pub(crate) fn incoming(uri: &str, headers: &[(&str, &str)], body: &[u8]) -> Incoming {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        Incoming {
+            method: Method::POST,
+            uri: uri.parse().unwrap(),
+            headers: map,
+            body: Bytes::copy_from_slice(body),
+            peer: "127.0.0.1:9".parse().unwrap(),
+            destination: None,
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Inteliquent: JSON SMS, MMS (with attachments) and delivery receipts. Field validation
+//! failures answer 422, as Inteliquent's contract says.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use carrier_ingest::v1::{
+    Carrier, CarrierContext, DeliveryStatus, InboundMessage, Media, SubmitReply, batch_event::Event,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Webhook, extras, json_body, message_id, opt_string, require_content_type, string_list,
+};
+use crate::{
+    auth::Verified,
+    error::{EdgeError, FieldViolation},
+};
+
+/// The success body, fields in the spec's order.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted<'a> {
+    success: bool,
+    message_id: &'a str,
+    status: &'static str,
+}
+
+/// The Inteliquent webhook.
+#[derive(Debug, Clone, Copy)]
+pub struct Inteliquent;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IqPayload {
+    #[serde(default, deserialize_with = "opt_string")]
+    message_id: Option<String>,
+    #[serde(rename = "type", default, deserialize_with = "opt_string")]
+    kind: Option<String>,
+    #[serde(default, deserialize_with = "opt_string")]
+    from: Option<String>,
+    #[serde(default, deserialize_with = "string_list")]
+    to: Vec<String>,
+    #[serde(default, deserialize_with = "opt_string")]
+    text: Option<String>,
+    #[serde(default, deserialize_with = "opt_string")]
+    timestamp: Option<String>,
+    #[serde(default)]
+    attachments: Vec<IqAttachment>,
+    #[serde(default, deserialize_with = "opt_string")]
+    status: Option<String>,
+    #[serde(default, deserialize_with = "opt_string")]
+    error_code: Option<String>,
+    #[serde(default, deserialize_with = "opt_string")]
+    error_message: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IqAttachment {
+    #[serde(default, deserialize_with = "opt_string")]
+    url: Option<String>,
+    #[serde(default, deserialize_with = "opt_string")]
+    content_type: Option<String>,
+    #[serde(default)]
+    size: Option<u64>,
+}
+
+fn required(violations: &mut Vec<FieldViolation>, field: &str, value: Option<&str>) {
+    if value.is_none_or(|v| v.trim().is_empty()) {
+        violations.push(FieldViolation {
+            field: field.to_owned(),
+            description: "is required".to_owned(),
+        });
+    }
+}
+
+impl Webhook for Inteliquent {
+    const NAME: &'static str = "inteliquent";
+    const INVALID_STATUS: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
+
+    fn parse(request: &Verified<'_>) -> Result<Vec<Event>, EdgeError> {
+        let req = request.request();
+        require_content_type(req, "application/json")?;
+        let p: IqPayload = json_body(&req.body)?;
+        let mut v = Vec::new();
+        required(&mut v, "messageId", p.message_id.as_deref());
+        required(&mut v, "timestamp", p.timestamp.as_deref());
+        let kind = p.kind.clone().unwrap_or_default();
+        match kind.as_str() {
+            "sms" | "mms" => {
+                required(&mut v, "from", p.from.as_deref());
+                required(&mut v, "to", p.to.first().map(String::as_str));
+            }
+            "delivery_receipt" => required(&mut v, "status", p.status.as_deref()),
+            "" => required(&mut v, "type", None),
+            _ => v.push(FieldViolation {
+                field: "type".to_owned(),
+                description: "must be sms, mms or delivery_receipt".to_owned(),
+            }),
+        }
+        if !v.is_empty() {
+            return Err(EdgeError::Invalid(v));
+        }
+        let event = if kind == "delivery_receipt" {
+            Event::Status(DeliveryStatus {
+                carrier: Carrier::Inteliquent as i32,
+                carrier_message_id: p.message_id.unwrap_or_default(),
+                raw_status: p.status.unwrap_or_default(),
+                error_code: p.error_code.unwrap_or_default(),
+                error_description: p.error_message.unwrap_or_default(),
+                recipient: p.to.into_iter().next().unwrap_or_default(),
+                sender: p.from.unwrap_or_default(),
+                status_time: p.timestamp.unwrap_or_default(),
+                ..Default::default()
+            })
+        } else {
+            Event::Inbound(InboundMessage {
+                carrier: Carrier::Inteliquent as i32,
+                carrier_message_id: p.message_id.unwrap_or_default(),
+                from: p.from.unwrap_or_default(),
+                to: p.to,
+                text: p.text.unwrap_or_default(),
+                media: p
+                    .attachments
+                    .into_iter()
+                    .map(|a| Media {
+                        url: a.url.unwrap_or_default(),
+                        content_type: a.content_type.unwrap_or_default(),
+                        size_bytes: a.size,
+                    })
+                    .collect(),
+                carrier_time: p.timestamp.unwrap_or_default(),
+                context: Some(CarrierContext {
+                    extras: extras([("type", Some(kind))]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        };
+        Ok(vec![event])
+    }
+
+    fn accepted(events: &[Event], _replies: &[SubmitReply]) -> Response {
+        let id = events.first().map(message_id).unwrap_or_default();
+        Json(Accepted {
+            success: true,
+            message_id: id,
+            status: "accepted",
+        })
+        .into_response()
+    }
+}

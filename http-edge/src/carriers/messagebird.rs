@@ -1,0 +1,120 @@
+//! MessageBird: JSON POST webhooks, and the legacy GET webhooks with query parameters.
+
+use axum::{
+    Json,
+    response::{IntoResponse, Response},
+};
+use carrier_ingest::v1::{
+    Carrier, CarrierContext, DeliveryStatus, InboundMessage, SubmitReply, batch_event::Event,
+};
+use http::Method;
+use serde::{Deserialize, Serialize};
+
+use super::{Webhook, extras, invalid, json_body, message_id, opt_string, require_content_type};
+use crate::{auth::Verified, error::EdgeError};
+
+/// The success body, fields in the spec's order.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted<'a> {
+    success: bool,
+    message_id: &'a str,
+}
+
+/// The MessageBird webhook.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageBird;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MbPayload {
+    #[serde(default, deserialize_with = "opt_string")]
+    id: Option<String>,
+    #[serde(default, deserialize_with = "opt_string")]
+    recipient: Option<String>,
+    #[serde(default, deserialize_with = "opt_string")]
+    originator: Option<String>,
+    #[serde(default, deserialize_with = "opt_string")]
+    body: Option<String>,
+    #[serde(default, deserialize_with = "opt_string")]
+    created_datetime: Option<String>,
+    #[serde(default, deserialize_with = "opt_string")]
+    status: Option<String>,
+    #[serde(default, deserialize_with = "opt_string")]
+    status_datetime: Option<String>,
+    #[serde(default, deserialize_with = "opt_string")]
+    reference: Option<String>,
+    #[serde(default, deserialize_with = "opt_string")]
+    status_reason: Option<String>,
+    #[serde(default, deserialize_with = "opt_string")]
+    status_error_code: Option<String>,
+    #[serde(default, deserialize_with = "opt_string")]
+    mccmnc: Option<String>,
+    #[serde(default, deserialize_with = "opt_string")]
+    ported: Option<String>,
+}
+
+impl Webhook for MessageBird {
+    const NAME: &'static str = "messagebird";
+
+    fn parse(request: &Verified<'_>) -> Result<Vec<Event>, EdgeError> {
+        let req = request.request();
+        let p: MbPayload = if req.method == Method::GET {
+            serde_urlencoded::from_str(req.raw_query())
+                .map_err(|_| EdgeError::Malformed("invalid query string".to_owned()))?
+        } else {
+            require_content_type(req, "application/json")?;
+            json_body(&req.body)?
+        };
+        if p.id.as_deref().is_none_or(str::is_empty) {
+            return Err(invalid("id", "is required"));
+        }
+        if p.recipient.as_deref().is_none_or(str::is_empty) {
+            return Err(invalid("recipient", "is required"));
+        }
+        let context = Some(CarrierContext {
+            reference: p.reference.unwrap_or_default(),
+            extras: extras([("mccmnc", p.mccmnc), ("ported", p.ported)]),
+            ..Default::default()
+        });
+        let event = match p.status {
+            Some(raw_status) => Event::Status(DeliveryStatus {
+                carrier: Carrier::Messagebird as i32,
+                carrier_message_id: p.id.unwrap_or_default(),
+                raw_status,
+                error_code: p.status_error_code.unwrap_or_default(),
+                error_description: p.status_reason.unwrap_or_default(),
+                recipient: p.recipient.unwrap_or_default(),
+                sender: p.originator.unwrap_or_default(),
+                status_time: p.status_datetime.unwrap_or_default(),
+                context,
+                ..Default::default()
+            }),
+            None => {
+                if p.originator.as_deref().is_none_or(str::is_empty) {
+                    return Err(invalid("originator", "is required"));
+                }
+                Event::Inbound(InboundMessage {
+                    carrier: Carrier::Messagebird as i32,
+                    carrier_message_id: p.id.unwrap_or_default(),
+                    from: p.originator.unwrap_or_default(),
+                    to: p.recipient.into_iter().collect(),
+                    text: p.body.unwrap_or_default(),
+                    carrier_time: p.created_datetime.unwrap_or_default(),
+                    context,
+                    ..Default::default()
+                })
+            }
+        };
+        Ok(vec![event])
+    }
+
+    fn accepted(events: &[Event], _replies: &[SubmitReply]) -> Response {
+        let id = events.first().map(message_id).unwrap_or_default();
+        Json(Accepted {
+            success: true,
+            message_id: id,
+        })
+        .into_response()
+    }
+}

@@ -1,0 +1,153 @@
+//! One module per carrier: how its webhook bodies become events, and what it expects back.
+//! Routing, limits, verification and error mapping are written once, in `app.rs`.
+
+pub mod bandwidth;
+pub mod inteliquent;
+pub mod messagebird;
+pub mod twilio;
+
+use std::collections::HashMap;
+
+use axum::{http::StatusCode, response::Response};
+use carrier_ingest::v1::{SubmitReply, batch_event::Event};
+use serde::{Deserialize, Deserializer, de::Error as _};
+
+use crate::{
+    auth::{Incoming, Verified},
+    error::{EdgeError, FieldViolation},
+};
+
+/// Most events accepted in one call (the core's batch limit).
+pub const MAX_EVENTS_PER_CALL: usize = 100;
+
+/// A carrier's webhook format.
+pub trait Webhook: Send + Sync + 'static {
+    /// Carrier name for logs and metrics.
+    const NAME: &'static str;
+    /// Status for a well-formed body with invalid fields.
+    const INVALID_STATUS: StatusCode = StatusCode::BAD_REQUEST;
+    /// Turns a verified call into events (at least one).
+    fn parse(request: &Verified<'_>) -> Result<Vec<Event>, EdgeError>;
+    /// The success reply the carrier expects, once every event is durable.
+    fn accepted(events: &[Event], replies: &[SubmitReply]) -> Response;
+}
+
+/// The carrier message id of an event, for replies and logs.
+pub fn message_id(event: &Event) -> &str {
+    match event {
+        Event::Inbound(m) => &m.carrier_message_id,
+        Event::Status(s) => &s.carrier_message_id,
+    }
+}
+
+/// Fails unless the body's media type (parameters ignored) is `expected`.
+pub fn require_content_type(req: &Incoming, expected: &'static str) -> Result<(), EdgeError> {
+    let given = req.header("content-type").unwrap_or("");
+    let media_type = given.split(';').next().unwrap_or("").trim();
+    if media_type.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(EdgeError::UnsupportedMediaType { expected })
+    }
+}
+
+/// Parses a JSON body, reporting a syntax or shape error without echoing the body.
+pub fn json_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, EdgeError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Data => "unexpected JSON shape",
+            serde_json::error::Category::Eof => "truncated JSON",
+            serde_json::error::Category::Syntax | serde_json::error::Category::Io => "invalid JSON",
+        };
+        EdgeError::Malformed(format!("{what} at line {} column {}", e.line(), e.column()))
+    })
+}
+
+/// A single violation.
+pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> EdgeError {
+    EdgeError::Invalid(vec![FieldViolation {
+        field: field.into(),
+        description: description.into(),
+    }])
+}
+
+/// Deserializes a string, number or boolean as text; null or absent as `None`.
+pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde_json::Value;
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(Value::Bool(b)) => Ok(Some(b.to_string())),
+        Some(_) => Err(D::Error::custom("expected a string or number")),
+    }
+}
+
+/// Deserializes one string or an array of them; null or absent as empty.
+pub fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    use serde_json::Value;
+    let text = |v: Value| match v {
+        Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err(D::Error::custom("expected a string or number")),
+    };
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items.into_iter().map(text).collect(),
+        Some(v) => Ok(vec![text(v)?]),
+    }
+}
+
+/// Non-empty carrier fields kept as `CarrierContext.extras`.
+pub fn extras<'a>(
+    fields: impl IntoIterator<Item = (&'a str, Option<String>)>,
+) -> HashMap<String, String> {
+    fields
+        .into_iter()
+        .filter_map(|(k, v)| v.filter(|v| !v.is_empty()).map(|v| (k.to_owned(), v)))
+        .collect()
+}
+
+/// A number of segments or media, tolerating text.
+pub fn parse_count(value: Option<&str>) -> Option<u32> {
+    value.and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::test_support::incoming;
+
+    #[test]
+    fn content_type_ignores_parameters_and_case() {
+        let ok = incoming(
+            "/",
+            &[("content-type", "Application/JSON; charset=utf-8")],
+            b"",
+        );
+        assert!(require_content_type(&ok, "application/json").is_ok());
+        let bad = incoming("/", &[("content-type", "text/plain")], b"");
+        assert!(require_content_type(&bad, "application/json").is_err());
+        let none = incoming("/", &[], b"");
+        assert!(require_content_type(&none, "application/json").is_err());
+    }
+
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default, deserialize_with = "opt_string")]
+        a: Option<String>,
+        #[serde(default, deserialize_with = "string_list")]
+        b: Vec<String>,
+    }
+
+    #[test]
+    fn scalars_and_lists_are_lenient() {
+        let p: Probe = serde_json::from_str(r#"{"a": 31612345678, "b": "x"}"#).unwrap();
+        assert_eq!(p.a.as_deref(), Some("31612345678"));
+        assert_eq!(p.b, ["x"]);
+        let p: Probe = serde_json::from_str(r#"{"a": null, "b": ["x", 5]}"#).unwrap();
+        assert_eq!(p.a, None);
+        assert_eq!(p.b, ["x", "5"]);
+        assert!(serde_json::from_str::<Probe>(r#"{"a": {}}"#).is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! Every way a webhook call can fail, mapped to one HTTP status and a JSON body that never
+//! carries internal detail. gRPC codes from the core map to HTTP in one table.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use tonic::Code;
+
+use crate::auth::AuthError;
+
+/// One field problem, safe to show to the caller (names a field, never echoes its value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldViolation {
+    /// Path of the field, e.g. `message.from`.
+    pub field: String,
+    /// What is wrong with it.
+    pub description: String,
+}
+
+/// Why a webhook call was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// Authenticity check failed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The body is not of the content type this endpoint takes.
+    #[error("unsupported content type; expected {expected}")]
+    UnsupportedMediaType {
+        /// The content type expected.
+        expected: &'static str,
+    },
+    /// The body exceeds the configured limit.
+    #[error("request body too large")]
+    TooLarge,
+    /// The body is malformed (not JSON, not a form, wrong shape).
+    #[error("malformed body: {0}")]
+    Malformed(String),
+    /// The body is well-formed but fields are missing or invalid.
+    #[error("invalid event")]
+    Invalid(Vec<FieldViolation>),
+    /// The core answered with an error, or could not be reached.
+    #[error("core call failed: {code:?}")]
+    Core {
+        /// The gRPC code (Unavailable when unreachable).
+        code: Code,
+    },
+}
+
+/// The HTTP status for a gRPC code from the core: one table, no catch-all. Anything that is not
+/// the caller's fault is a 5xx, so the carrier retries.
+pub fn http_status_for(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unavailable | Code::ResourceExhausted | Code::Aborted | Code::Cancelled => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Code::Unknown
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::PermissionDenied
+        | Code::FailedPrecondition
+        | Code::Unimplemented
+        | Code::Internal
+        | Code::DataLoss
+        | Code::Unauthenticated => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl EdgeError {
+    /// The HTTP status, with `invalid` used for field validation failures (Inteliquent: 422).
+    pub fn status(&self, invalid: StatusCode) -> StatusCode {
+        match self {
+            Self::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
+            Self::Auth(
+                AuthError::Missing(_) | AuthError::Invalid(_) | AuthError::NotConfigured,
+            ) => StatusCode::UNAUTHORIZED,
+            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::Invalid(_) => invalid,
+            Self::Core { code } => http_status_for(*code),
+        }
+    }
+
+    /// A short machine-readable name of the error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Auth(AuthError::Forbidden(_)) => "forbidden",
+            Self::Auth(_) => "unauthorized",
+            Self::UnsupportedMediaType { .. } => "unsupported_media_type",
+            Self::TooLarge => "payload_too_large",
+            Self::Malformed(_) => "malformed_request",
+            Self::Invalid(_) => "invalid_request",
+            Self::Core { .. } => "unavailable",
+        }
+    }
+
+    /// The JSON error reply.
+    pub fn into_response_with(self, invalid: StatusCode) -> Response {
+        let status = self.status(invalid);
+        let error = self.kind();
+        let message = match &self {
+            // The auth reason is logged, not told to a possible forger.
+            Self::Auth(AuthError::Forbidden(_)) => "authorization failed".to_owned(),
+            Self::Auth(_) => "missing or invalid authentication".to_owned(),
+            Self::Core { .. } if status.is_server_error() => {
+                "temporarily unable to take this event; retry later".to_owned()
+            }
+            Self::Core { .. } => "the event was rejected".to_owned(),
+            other => other.to_string(),
+        };
+        let violations = match self {
+            Self::Invalid(v) => v,
+            _ => Vec::new(),
+        };
+        let body = ErrorBody {
+            success: false,
+            error,
+            message,
+            violations,
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    success: bool,
+    error: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    violations: Vec<FieldViolation>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_grpc_code_maps_and_only_caller_faults_are_4xx() {
+        let all = [
+            Code::Ok,
+            Code::Cancelled,
+            Code::Unknown,
+            Code::InvalidArgument,
+            Code::DeadlineExceeded,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::PermissionDenied,
+            Code::ResourceExhausted,
+            Code::FailedPrecondition,
+            Code::Aborted,
+            Code::OutOfRange,
+            Code::Unimplemented,
+            Code::Internal,
+            Code::Unavailable,
+            Code::DataLoss,
+            Code::Unauthenticated,
+        ];
+        for code in all {
+            let status = http_status_for(code);
+            let caller_fault = matches!(code, Code::InvalidArgument | Code::OutOfRange);
+            assert_eq!(status.is_client_error(), caller_fault, "{code:?}");
+            if !caller_fault && code != Code::Ok {
+                assert!(
+                    status.is_server_error(),
+                    "{code:?} must make carriers retry"
+                );
+            }
+        }
+        assert_eq!(
+            http_status_for(Code::Unavailable),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn invalid_status_is_per_carrier_and_auth_splits_401_403() {
+        let e = EdgeError::Invalid(vec![]);
+        assert_eq!(
+            e.status(StatusCode::UNPROCESSABLE_ENTITY),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            EdgeError::Auth(AuthError::Forbidden("x")).status(StatusCode::BAD_REQUEST),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            EdgeError::Auth(AuthError::NotConfigured).status(StatusCode::BAD_REQUEST),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}

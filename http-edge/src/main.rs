@@ -1,0 +1,89 @@
+//! The http-edge binary: parse configuration, optionally start the core in-process, serve HTTP
+//! until SIGTERM, then drain the edge before the core.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use http_edge::{
+    app::{self, AppState, HttpLimits},
+    config::{EdgeCli, Verifiers},
+    core_client::CoreClient,
+};
+use ingest_core::{config, server};
+use tokio::sync::Notify;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli: EdgeCli = config::parse_or_exit();
+    let mut problems = cli.core.problems();
+    let verifiers = match Verifiers::from_config(&cli.edge, &cli.secrets) {
+        Ok(v) => Some(v),
+        Err(p) => {
+            problems.extend(p);
+            None
+        }
+    };
+    config::exit_on_problems(&problems);
+    let Some(verifiers) = verifiers else {
+        unreachable!("problems were reported above")
+    };
+    cli.runtime.init_tracing();
+    verifiers.log(cli.edge.skip_verify());
+
+    let stop_core = Arc::new(Notify::new());
+    let mut core_task = None;
+    let core_url = if cli.edge.embedded() {
+        let pipeline = server::build_pipeline(&cli.core).await?;
+        let listener = tokio::net::TcpListener::bind(cli.core.grpc_listen)
+            .await
+            .with_context(|| format!("binding {}", cli.core.grpc_listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, data_dir = %cli.core.data_dir.display(), "embedded ingest-core listening (gRPC)");
+        let limits = server::Limits::from_config(&cli.core, cli.runtime.grace());
+        let stop = stop_core.clone();
+        core_task = Some(tokio::spawn(server::serve(
+            listener,
+            pipeline,
+            limits,
+            async move { stop.notified().await },
+        )));
+        format!("http://{addr}")
+    } else {
+        cli.edge.core_url.clone()
+    };
+
+    let dns_refresh = if cli.edge.embedded() {
+        std::time::Duration::ZERO
+    } else {
+        std::time::Duration::from_secs(cli.edge.core_dns_refresh_secs)
+    };
+    let core = CoreClient::connect_lazy(&core_url, cli.edge.core_timeout(), dns_refresh)
+        .with_context(|| format!("invalid --core-url {core_url}"))?;
+    let state = AppState::new(core, verifiers);
+    let limits = HttpLimits {
+        body_bytes: cli.edge.body_limit_bytes,
+        request_timeout: cli.edge.request_timeout(),
+        concurrency: cli.edge.http_concurrency_limit,
+    };
+    let router = app::router(state.clone(), limits);
+    let listener = tokio::net::TcpListener::bind(cli.edge.listen)
+        .await
+        .with_context(|| format!("binding {}", cli.edge.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, core = %core_url, "http-edge listening");
+    app::serve(
+        listener,
+        router,
+        &state,
+        cli.runtime.grace(),
+        server::shutdown_signal(),
+    )
+    .await?;
+
+    // The edge has drained: nothing more can reach the embedded core.
+    stop_core.notify_one();
+    if let Some(task) = core_task {
+        task.await??;
+    }
+    tracing::info!("http-edge stopped");
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! Bad input gets a clear 4xx and changes nothing.
+
+use crate::harness::{Edge, json_reply};
+
+#[tokio::test]
+async fn bad_requests_are_4xx_and_spool_nothing() {
+    let edge = Edge::start(
+        &["--insecure-skip-verify", "--body-limit-bytes", "4096"],
+        &[],
+    )
+    .await;
+    let big = format!(
+        r#"[{{"type":"message-received","message":{{"id":"x","text":"{}"}}}}]"#,
+        "a".repeat(5000)
+    );
+    let cases: Vec<(&str, &str, &str, String, u16, &str)> = vec![
+        ("malformed json", "/bandwidth/1", "application/json", "[{\"type\":".into(), 400, "malformed_request"),
+        ("not an array", "/bandwidth/1", "application/json", "{\"type\":\"message-received\"}".into(), 400, "malformed_request"),
+        ("empty array", "/bandwidth/1", "application/json", "[]".into(), 400, "invalid_request"),
+        ("unknown event type", "/bandwidth/1", "application/json", r#"[{"type":"message-exploded","message":{"id":"m"}}]"#.into(), 400, "invalid_request"),
+        ("missing message", "/bandwidth/1", "application/json", r#"[{"type":"message-received"}]"#.into(), 400, "invalid_request"),
+        ("missing from (core)", "/bandwidth/1", "application/json", r#"[{"type":"message-received","message":{"id":"m","to":["+15551234567"]}}]"#.into(), 400, "invalid_request"),
+        ("wrong content type", "/bandwidth/1", "text/plain", "[]".into(), 415, "unsupported_media_type"),
+        ("oversized body", "/bandwidth/1", "application/json", big, 413, "payload_too_large"),
+        ("twilio json", "/twilio", "application/json", "{}".into(), 415, "unsupported_media_type"),
+        ("twilio missing sid", "/twilio", "application/x-www-form-urlencoded", "AccountSid=AC1&From=%2B15551234567&To=%2B15551234568".into(), 400, "invalid_request"),
+        ("twilio bad number", "/twilio", "application/x-www-form-urlencoded", "MessageSid=SM1&AccountSid=AC1&From=%2B1&To=%2B15551234568".into(), 400, "invalid_request"),
+        ("twilio bad time", "/twilio", "application/x-www-form-urlencoded", "MessageSid=SM1&AccountSid=AC1&From=%2B15551234567&To=%2B15551234568&MessageStatus=sent&RawDlrDoneDate=99999999999".into(), 400, "invalid_request"),
+        ("messagebird no id", "/messagebird", "application/json", r#"{"recipient":"31612345678","originator":"x"}"#.into(), 400, "invalid_request"),
+        ("messagebird object id", "/messagebird", "application/json", r#"{"id":{},"recipient":"31612345678"}"#.into(), 400, "malformed_request"),
+        ("inteliquent malformed", "/webhooks/inteliquent", "application/json", "{nope".into(), 400, "malformed_request"),
+        ("inteliquent missing fields", "/webhooks/inteliquent", "application/json", r#"{"type":"sms","text":"x"}"#.into(), 422, "invalid_request"),
+        ("inteliquent unknown type", "/webhooks/inteliquent", "application/json", r#"{"messageId":"m","type":"fax","timestamp":"2024-01-15T10:30:00Z"}"#.into(), 422, "invalid_request"),
+        ("inteliquent bad timestamp (core)", "/webhooks/inteliquent", "application/json", r#"{"messageId":"m","type":"sms","from":"+15551234567","to":"+15551234568","timestamp":"yesterday"}"#.into(), 422, "invalid_request"),
+    ];
+    for (name, path, content_type, body, want_status, want_error) in cases {
+        let r = edge.post(path, content_type, body, &[]).await;
+        let (status, reply) = json_reply(r).await;
+        assert_eq!(status, want_status, "{name}: {reply}");
+        assert_eq!(reply["success"], false, "{name}");
+        assert_eq!(reply["error"], want_error, "{name}: {reply}");
+        assert!(
+            reply["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{name}"
+        );
+    }
+    assert_eq!(edge.spooled_count(), 0);
+}
+
+#[tokio::test]
+async fn violations_name_fields_without_echoing_values() {
+    let edge = Edge::dev().await;
+    let body = r#"{"messageId":"m","type":"sms","from":"+1","to":"+15551234568","timestamp":"2024-01-15T10:30:00Z"}"#;
+    let (status, reply) = json_reply(edge.post_json("/webhooks/inteliquent", body).await).await;
+    assert_eq!(status, 422);
+    assert_eq!(reply["violations"][0]["field"], "message.from");
+    assert!(
+        !reply.to_string().contains("+1\""),
+        "value must not be echoed: {reply}"
+    );
+    let (status, reply) = json_reply(
+        edge.post_json("/webhooks/inteliquent", r#"{"type":"sms"}"#)
+            .await,
+    )
+    .await;
+    assert_eq!(status, 422);
+    let fields: Vec<&str> = reply["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["messageId", "timestamp", "from", "to"]);
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods() {
+    let edge = Edge::dev().await;
+    let (status, reply) = json_reply(edge.post_json("/nope", "{}").await).await;
+    assert_eq!(status, 404);
+    assert_eq!(reply["error"], "not_found");
+    let r = edge.client.get(edge.url("/twilio")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(edge.spooled_count(), 0);
+}

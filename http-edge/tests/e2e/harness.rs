@@ -1,0 +1,184 @@
+//! Starts the real `http-edge` binary (with the core embedded) on free ports, with its own data
+//! directory, and reads back what it spooled.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub(crate) struct Edge {
+    child: Option<Child>,
+    pub(crate) base: String,
+    pub(crate) grpc: SocketAddr,
+    pub(crate) data: tempfile::TempDir,
+    pub(crate) client: reqwest::Client,
+}
+
+impl Edge {
+    /// Edge + embedded core with verification off (development mode).
+    pub(crate) async fn dev() -> Edge {
+        Edge::start(&["--insecure-skip-verify"], &[]).await
+    }
+
+    /// Edge + embedded core with the given extra flags and environment.
+    pub(crate) async fn start(args: &[&str], env: &[(&str, &str)]) -> Edge {
+        for attempt in 0..3 {
+            let data = tempfile::tempdir().unwrap();
+            let http = free_port();
+            let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let log = std::fs::File::create(data.path().join("edge.log")).unwrap();
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_http-edge"));
+            cmd.args(["--embedded-core", "--listen", &format!("127.0.0.1:{http}")])
+                .args(["--grpc-listen", &grpc.to_string()])
+                .arg("--data-dir")
+                .arg(data.path().join("spool"))
+                .args(args)
+                .env_clear()
+                .env("RUST_LOG", "info")
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(log);
+            let child = cmd.spawn().expect("spawn http-edge");
+            let mut edge = Edge {
+                child: Some(child),
+                base: format!("http://127.0.0.1:{http}"),
+                grpc,
+                data,
+                client: reqwest::Client::new(),
+            };
+            if edge.wait_ready(Duration::from_secs(15)).await {
+                return edge;
+            }
+            eprintln!(
+                "edge did not become ready (attempt {attempt}):\n{}",
+                edge.log()
+            );
+        }
+        panic!("http-edge never became ready");
+    }
+
+    async fn wait_ready(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if child.try_wait().unwrap().is_some() {
+                    return false;
+                }
+            }
+            if let Ok(r) = self.client.get(self.url("/readyz")).send().await {
+                if r.status() == 200 {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("edge.log")).unwrap_or_default()
+    }
+
+    pub(crate) fn spool_path(&self, queue: &str) -> PathBuf {
+        self.data
+            .path()
+            .join("spool")
+            .join(format!("{queue}.jsonl"))
+    }
+
+    /// Every event spooled to `queue` (`inbound` or `status`), parsed.
+    pub(crate) fn spooled(&self, queue: &str) -> Vec<Value> {
+        match std::fs::read_to_string(self.spool_path(queue)) {
+            Ok(text) => text
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("spool lines are JSON"))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Total events spooled to both queues.
+    pub(crate) fn spooled_count(&self) -> usize {
+        self.spooled("inbound").len() + self.spooled("status").len()
+    }
+
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    pub(crate) async fn post_json(&self, path: &str, body: &str) -> reqwest::Response {
+        self.post(path, "application/json", body.to_owned(), &[])
+            .await
+    }
+
+    pub(crate) async fn post_form(&self, path: &str, body: &str) -> reqwest::Response {
+        self.post(
+            path,
+            "application/x-www-form-urlencoded",
+            body.to_owned(),
+            &[("x-twilio-signature", "abc123signature456")],
+        )
+        .await
+    }
+
+    /// Kills the process with SIGKILL, at once.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit status.
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reply status and JSON body.
+pub(crate) async fn json_reply(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}

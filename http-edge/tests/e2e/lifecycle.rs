@@ -1,0 +1,84 @@
+//! Durability across SIGKILL, graceful SIGTERM, and a core that cannot be reached.
+
+use std::process::{Command, Stdio};
+
+use crate::{
+    harness::{Edge, free_port, json_reply},
+    spec::BANDWIDTH_INBOUND,
+};
+
+#[tokio::test]
+async fn a_2xx_event_survives_sigkill_right_after_the_reply() {
+    let mut edge = Edge::dev().await;
+    let twilio =
+        "MessageSid=SMdurable&AccountSid=AC1&From=%2B15559876543&To=%2B15551234567&Body=keep+me";
+    let r = edge.post_form("/twilio", twilio).await;
+    assert_eq!(r.status(), 200);
+    edge.kill();
+    let spooled = edge.spooled("inbound");
+    assert_eq!(spooled.len(), 1);
+    assert_eq!(spooled[0]["inbound"]["carrierMessageId"], "SMdurable");
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_cleanly() {
+    let mut edge = Edge::dev().await;
+    assert_eq!(
+        edge.post_json("/bandwidth/1", BANDWIDTH_INBOUND)
+            .await
+            .status(),
+        200
+    );
+    let status = edge.terminate();
+    assert!(status.success(), "exit status {status:?}\n{}", edge.log());
+    assert!(edge.log().contains("shutdown: draining"), "{}", edge.log());
+}
+
+#[tokio::test]
+async fn core_unreachable_is_503_and_not_ready() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let dead_core = format!("http://127.0.0.1:{}", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_http-edge"))
+        .args([
+            "--insecure-skip-verify",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--core-url", &dead_core, "--core-timeout-ms", "1000"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env_clear()
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut live = false;
+    for _ in 0..100 {
+        if let Ok(r) = client.get(format!("{base}/livez")).send().await {
+            live = r.status() == 200;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(live, "edge did not start");
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let r = client
+        .post(format!("{base}/bandwidth/1"))
+        .header("content-type", "application/json")
+        .body(BANDWIDTH_INBOUND)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_reply(r).await;
+    assert!(status == 503 || status == 504, "{status} {body}");
+    assert_eq!(body["success"], false);
+    assert!(
+        !body.to_string().contains("127.0.0.1"),
+        "no internals in replies: {body}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
