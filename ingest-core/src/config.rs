@@ -1,12 +1,18 @@
 //! Configuration of the core, from flags and `INGEST_*` environment variables.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use carrier_ingest::v1::Carrier;
+
+use crate::publish::EventKind;
 
 /// Which publisher takes accepted events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PublisherKind {
     /// Durable local spool (JSON Lines under the data directory): the embedded default.
     Spool,
+    /// Amazon SQS (or an SQS-compatible server via `AWS_ENDPOINT_URL`); queues are URLs.
+    Sqs,
 }
 
 /// Which store remembers published events.
@@ -14,6 +20,52 @@ pub enum PublisherKind {
 pub enum DedupeKind {
     /// In-process memory, bounded in size and time: the embedded default.
     Memory,
+    /// Redis, shared by every replica; falls back to memory while Redis is unreachable.
+    Redis,
+}
+
+/// A Redis connection URL. It may carry a password, so it never prints: `Debug` and `Display`
+/// show only the scheme and host.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// The full URL, for the Redis client only; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for RedisUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|scheme| s.starts_with(scheme) && s.len() > scheme.len());
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err("must be a redis://, rediss:// or unix:// URL".to_owned())
+        }
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("redis", ""));
+        // Drop credentials (before '@') and the path or query after the host.
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let host = host.split(['/', '?']).next().unwrap_or_default();
+        write!(f, "{scheme}://{host}")
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({self})")
+    }
 }
 
 /// Settings of the core service. The edge embeds the same flags to run the core in-process.
@@ -43,6 +95,57 @@ pub struct CoreConfig {
     /// Most events the in-memory dedupe remembers (oldest forgotten first).
     #[arg(long, env = "INGEST_DEDUPE_CAPACITY", default_value_t = 1_000_000)]
     pub dedupe_capacity: usize,
+    /// Redis URL for `--dedupe redis`, e.g. `redis://:password@host:6379/0`. Never logged.
+    #[arg(long, env = "INGEST_REDIS_URL")]
+    pub redis_url: Option<RedisUrl>,
+    /// Prefix of every Redis key; the event id follows it.
+    #[arg(
+        long,
+        env = "INGEST_REDIS_KEY_PREFIX",
+        default_value = "carrier-ingest:"
+    )]
+    pub redis_key_prefix: String,
+    /// Timeout of one Redis call (and of connecting), in milliseconds. Past it the call counts
+    /// as Redis being unreachable and dedupe falls back to memory.
+    #[arg(long, env = "INGEST_REDIS_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_timeout_ms: u64,
+    /// How long events may wait to fill an SQS batch (10 entries), in milliseconds.
+    #[arg(long, env = "INGEST_SQS_LINGER_MS", default_value_t = 5)]
+    pub sqs_linger_ms: u64,
+    /// Most SendMessageBatch calls in flight per queue.
+    #[arg(long, env = "INGEST_SQS_MAX_IN_FLIGHT_BATCHES", default_value_t = 64)]
+    pub sqs_max_in_flight_batches: usize,
+    /// How long one event may take to reach SQS, retries included, in milliseconds; then the
+    /// call fails and the submitter retries. Must be below the gRPC deadline.
+    #[arg(long, env = "INGEST_SQS_PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
+    pub sqs_publish_timeout_ms: u64,
+    /// Timeout of one SQS HTTP call, in milliseconds.
+    #[arg(long, env = "INGEST_SQS_CALL_TIMEOUT_MS", default_value_t = 2_000)]
+    pub sqs_call_timeout_ms: u64,
+    /// Inbound queue for Twilio, overriding `--inbound-queue`.
+    #[arg(long, env = "INGEST_TWILIO_INBOUND_QUEUE")]
+    pub twilio_inbound_queue: Option<String>,
+    /// Status queue for Twilio, overriding `--status-queue`.
+    #[arg(long, env = "INGEST_TWILIO_STATUS_QUEUE")]
+    pub twilio_status_queue: Option<String>,
+    /// Inbound queue for Bandwidth, overriding `--inbound-queue`.
+    #[arg(long, env = "INGEST_BANDWIDTH_INBOUND_QUEUE")]
+    pub bandwidth_inbound_queue: Option<String>,
+    /// Status queue for Bandwidth, overriding `--status-queue`.
+    #[arg(long, env = "INGEST_BANDWIDTH_STATUS_QUEUE")]
+    pub bandwidth_status_queue: Option<String>,
+    /// Inbound queue for MessageBird, overriding `--inbound-queue`.
+    #[arg(long, env = "INGEST_MESSAGEBIRD_INBOUND_QUEUE")]
+    pub messagebird_inbound_queue: Option<String>,
+    /// Status queue for MessageBird, overriding `--status-queue`.
+    #[arg(long, env = "INGEST_MESSAGEBIRD_STATUS_QUEUE")]
+    pub messagebird_status_queue: Option<String>,
+    /// Inbound queue for Inteliquent, overriding `--inbound-queue`.
+    #[arg(long, env = "INGEST_INTELIQUENT_INBOUND_QUEUE")]
+    pub inteliquent_inbound_queue: Option<String>,
+    /// Status queue for Inteliquent, overriding `--status-queue`.
+    #[arg(long, env = "INGEST_INTELIQUENT_STATUS_QUEUE")]
+    pub inteliquent_status_queue: Option<String>,
     /// Deadline for one gRPC call, in milliseconds.
     #[arg(long, env = "INGEST_GRPC_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub grpc_request_timeout_ms: u64,
@@ -73,13 +176,165 @@ impl CoreConfig {
         if self.grpc_concurrency_limit == 0 {
             problems.push("--grpc-concurrency-limit must be positive".to_owned());
         }
+        for (carrier, kind, queue) in self.queue_overrides() {
+            if queue.trim().is_empty() {
+                problems.push(format!(
+                    "{} must not be empty",
+                    override_flag(carrier, kind)
+                ));
+            }
+        }
+        if self.publisher == PublisherKind::Sqs {
+            self.sqs_problems(&mut problems);
+        }
+        if self.dedupe == DedupeKind::Redis {
+            if self.redis_url.is_none() {
+                problems.push("--dedupe redis needs --redis-url (INGEST_REDIS_URL)".to_owned());
+            }
+            if self.redis_key_prefix.is_empty() {
+                problems.push("--redis-key-prefix must not be empty".to_owned());
+            }
+            if self.redis_timeout_ms == 0 {
+                problems.push("--redis-timeout-ms must be positive".to_owned());
+            }
+        }
         problems
+    }
+
+    fn sqs_problems(&self, problems: &mut Vec<String>) {
+        let mut queues = vec![
+            (
+                "--inbound-queue (INGEST_INBOUND_QUEUE)".to_owned(),
+                &self.inbound_queue,
+            ),
+            (
+                "--status-queue (INGEST_STATUS_QUEUE)".to_owned(),
+                &self.status_queue,
+            ),
+        ];
+        for (carrier, kind, queue) in self.queue_overrides() {
+            queues.push((override_flag(carrier, kind), queue));
+        }
+        for (flag, queue) in queues {
+            if !is_queue_url(queue) {
+                problems.push(format!(
+                    "--publisher sqs needs {flag} to be an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"
+                ));
+            }
+        }
+        if self.sqs_max_in_flight_batches == 0 {
+            problems.push("--sqs-max-in-flight-batches must be positive".to_owned());
+        }
+        if self.sqs_call_timeout_ms == 0 {
+            problems.push("--sqs-call-timeout-ms must be positive".to_owned());
+        }
+        if self.sqs_publish_timeout_ms == 0
+            || self.sqs_publish_timeout_ms >= self.grpc_request_timeout_ms
+        {
+            problems.push(
+                "--sqs-publish-timeout-ms must be positive and below --grpc-request-timeout-ms"
+                    .to_owned(),
+            );
+        }
+    }
+
+    /// Per-carrier queue overrides that are set: `(carrier, kind, queue)`.
+    pub fn queue_overrides(&self) -> Vec<(Carrier, EventKind, &String)> {
+        let all = [
+            (
+                Carrier::Twilio,
+                EventKind::Inbound,
+                &self.twilio_inbound_queue,
+            ),
+            (
+                Carrier::Twilio,
+                EventKind::Status,
+                &self.twilio_status_queue,
+            ),
+            (
+                Carrier::Bandwidth,
+                EventKind::Inbound,
+                &self.bandwidth_inbound_queue,
+            ),
+            (
+                Carrier::Bandwidth,
+                EventKind::Status,
+                &self.bandwidth_status_queue,
+            ),
+            (
+                Carrier::Messagebird,
+                EventKind::Inbound,
+                &self.messagebird_inbound_queue,
+            ),
+            (
+                Carrier::Messagebird,
+                EventKind::Status,
+                &self.messagebird_status_queue,
+            ),
+            (
+                Carrier::Inteliquent,
+                EventKind::Inbound,
+                &self.inteliquent_inbound_queue,
+            ),
+            (
+                Carrier::Inteliquent,
+                EventKind::Status,
+                &self.inteliquent_status_queue,
+            ),
+        ];
+        all.into_iter()
+            .filter_map(|(c, k, q)| q.as_ref().map(|q| (c, k, q)))
+            .collect()
+    }
+
+    /// How long events may wait to fill an SQS batch.
+    pub fn sqs_linger(&self) -> Duration {
+        Duration::from_millis(self.sqs_linger_ms)
+    }
+
+    /// How long one event may take to reach SQS, retries included.
+    pub fn sqs_publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.sqs_publish_timeout_ms)
+    }
+
+    /// Timeout of one SQS HTTP call.
+    pub fn sqs_call_timeout(&self) -> Duration {
+        Duration::from_millis(self.sqs_call_timeout_ms)
+    }
+
+    /// Timeout of one Redis call.
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
     }
 
     /// The gRPC call deadline.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.grpc_request_timeout_ms)
     }
+}
+
+fn override_flag(carrier: Carrier, kind: EventKind) -> String {
+    let name = crate::event::carrier_name(carrier);
+    let kind = kind.as_str();
+    format!(
+        "--{name}-{kind}-queue (INGEST_{}_{}_QUEUE)",
+        name.to_ascii_uppercase(),
+        kind.to_ascii_uppercase()
+    )
+}
+
+/// Whether `queue` looks like an SQS queue URL: `http(s)://host/ACCOUNT/NAME`.
+fn is_queue_url(queue: &str) -> bool {
+    let Some(rest) = queue
+        .strip_prefix("https://")
+        .or_else(|| queue.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let mut parts = rest.split('/');
+    let host = parts.next().unwrap_or_default();
+    let path: Vec<&str> = parts.collect();
+    !host.is_empty() && path.len() == 2 && path.iter().all(|p| !p.is_empty())
 }
 
 /// Log output format.
@@ -113,7 +368,11 @@ impl RuntimeConfig {
     pub fn init_tracing(&self) {
         use tracing_subscriber::{EnvFilter, fmt};
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-        let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let builder = fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi);
         let _ = match self.log_format {
             LogFormat::Text => builder.try_init(),
             LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -142,4 +401,109 @@ pub fn exit_on_problems(problems: &[String]) {
         eprintln!("configuration error: {p}");
     }
     std::process::exit(64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Args {
+        #[command(flatten)]
+        core: CoreConfig,
+    }
+
+    fn parse(flags: &[&str]) -> CoreConfig {
+        Args::try_parse_from(std::iter::once("core").chain(flags.iter().copied()))
+            .unwrap()
+            .core
+    }
+
+    const Q: &str = "https://sqs.us-east-1.amazonaws.com/123456789012/in";
+
+    #[test]
+    fn defaults_are_the_embedded_backends() {
+        let c = parse(&[]);
+        assert_eq!(c.publisher, PublisherKind::Spool);
+        assert_eq!(c.dedupe, DedupeKind::Memory);
+        assert_eq!(c.redis_key_prefix, "carrier-ingest:");
+        assert!(c.problems().is_empty());
+    }
+
+    #[test]
+    fn sqs_needs_queue_urls_everywhere() {
+        let problems = parse(&["--publisher=sqs", "--twilio-status-queue=status"]).problems();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("INGEST_INBOUND_QUEUE"));
+        assert!(problems[1].contains("INGEST_STATUS_QUEUE"));
+        assert!(problems[2].contains("INGEST_TWILIO_STATUS_QUEUE"));
+        let ok = parse(&[
+            "--publisher=sqs",
+            "--inbound-queue",
+            Q,
+            "--status-queue",
+            "http://127.0.0.1:5000/123456789012/st.fifo",
+        ]);
+        assert!(ok.problems().is_empty(), "{:?}", ok.problems());
+        let slow = parse(&[
+            "--publisher=sqs",
+            "--inbound-queue",
+            Q,
+            "--status-queue",
+            Q,
+            "--sqs-publish-timeout-ms=10000",
+        ]);
+        assert_eq!(slow.problems().len(), 1);
+    }
+
+    #[test]
+    fn overrides_are_listed_per_carrier_and_kind() {
+        let c = parse(&[
+            "--bandwidth-inbound-queue=bw-in",
+            "--inteliquent-status-queue=iq-st",
+        ]);
+        let overrides = c.queue_overrides();
+        assert_eq!(overrides.len(), 2);
+        assert_eq!(
+            (overrides[0].0, overrides[0].1, overrides[0].2.as_str()),
+            (Carrier::Bandwidth, EventKind::Inbound, "bw-in")
+        );
+        assert_eq!(
+            (overrides[1].0, overrides[1].1, overrides[1].2.as_str()),
+            (Carrier::Inteliquent, EventKind::Status, "iq-st")
+        );
+        assert_eq!(
+            override_flag(Carrier::Messagebird, EventKind::Status),
+            "--messagebird-status-queue (INGEST_MESSAGEBIRD_STATUS_QUEUE)"
+        );
+    }
+
+    #[test]
+    fn redis_needs_a_url_that_never_prints_its_password() {
+        let problems = parse(&["--dedupe=redis"]).problems();
+        assert_eq!(
+            problems,
+            ["--dedupe redis needs --redis-url (INGEST_REDIS_URL)"]
+        );
+        assert!(Args::try_parse_from(["core", "--redis-url=http://x"]).is_err());
+        let c = parse(&[
+            "--dedupe=redis",
+            "--redis-url=redis://user:s3cret@cache.internal:6379/2?x=1",
+        ]);
+        assert!(c.problems().is_empty());
+        let url = c.redis_url.unwrap();
+        assert_eq!(url.to_string(), "redis://cache.internal:6379");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert!(url.expose().contains("s3cret"));
+    }
+
+    #[test]
+    fn queue_urls_are_recognized() {
+        assert!(is_queue_url(Q));
+        assert!(is_queue_url("http://localhost:4566/000000000000/q.fifo"));
+        assert!(!is_queue_url("inbound"));
+        assert!(!is_queue_url("https://sqs.us-east-1.amazonaws.com/q"));
+        assert!(!is_queue_url("https:///1/q"));
+    }
 }

@@ -10,8 +10,8 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::{CoreConfig, DedupeKind, PublisherKind},
-    dedupe::{DedupeStore, MemoryDedupe},
-    publish::{Publisher, Spool},
+    dedupe::{DedupeStore, FallbackDedupe, MemoryDedupe, RedisDedupe, RedisSettings},
+    publish::{Publisher, Spool, SqsPublisher, SqsSettings},
     service::{IngestGrpc, Pipeline, Routes},
 };
 
@@ -19,6 +19,8 @@ use crate::{
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// How long a claim may be held before another caller may take it over.
 const CLAIM_LEASE: Duration = Duration::from_secs(30);
+/// How often a degraded dedupe store checks whether Redis is back.
+const REDIS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often readiness re-checks the publisher's queues.
 const READINESS_INTERVAL: Duration = Duration::from_secs(5);
 /// The service name reported by gRPC health.
@@ -30,19 +32,76 @@ pub enum BuildError {
     /// The spool directory could not be created.
     #[error("cannot open spool directory: {0}")]
     Spool(#[source] std::io::Error),
+    /// The AWS configuration cannot be used for SQS.
+    #[error("SQS publisher: {0}")]
+    Sqs(String),
+    /// The Redis dedupe store cannot be set up (bad URL or settings).
+    #[error("Redis dedupe: {0}")]
+    Redis(String),
 }
 
-/// Builds the pipeline with the backends `config` chooses.
+/// Builds the pipeline with the backends `config` chooses. For SQS, the AWS settings come from
+/// the AWS default chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, credentials).
 pub async fn build_pipeline(config: &CoreConfig) -> Result<Arc<Pipeline>, BuildError> {
+    let aws = match config.publisher {
+        PublisherKind::Sqs => {
+            Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)
+        }
+        PublisherKind::Spool => None,
+    };
+    build_pipeline_with(config, aws.as_ref()).await
+}
+
+/// Builds the pipeline like [`build_pipeline`], with the AWS settings given rather than read
+/// from the environment (tests point them at an SQS-compatible server).
+pub async fn build_pipeline_with(
+    config: &CoreConfig,
+    aws: Option<&aws_config::SdkConfig>,
+) -> Result<Arc<Pipeline>, BuildError> {
     let publisher: Arc<dyn Publisher> = match config.publisher {
         PublisherKind::Spool => Arc::new(Spool::open(&config.data_dir).map_err(BuildError::Spool)?),
+        PublisherKind::Sqs => {
+            let aws = aws.ok_or_else(|| BuildError::Sqs("no AWS configuration".into()))?;
+            if aws.region().is_none() {
+                return Err(BuildError::Sqs(
+                    "no AWS region: set AWS_REGION (or a profile with a region)".into(),
+                ));
+            }
+            Arc::new(SqsPublisher::new(
+                aws,
+                SqsSettings {
+                    linger: config.sqs_linger(),
+                    max_in_flight_batches: config.sqs_max_in_flight_batches,
+                    publish_timeout: config.sqs_publish_timeout(),
+                    call_timeout: config.sqs_call_timeout(),
+                },
+            ))
+        }
     };
+    let ttl = Duration::from_secs(config.dedupe_ttl_secs);
+    let memory = MemoryDedupe::new(ttl, config.dedupe_capacity, CLAIM_LEASE);
     let dedupe: Arc<dyn DedupeStore> = match config.dedupe {
-        DedupeKind::Memory => Arc::new(MemoryDedupe::new(
-            Duration::from_secs(config.dedupe_ttl_secs),
-            config.dedupe_capacity,
-            CLAIM_LEASE,
-        )),
+        DedupeKind::Memory => Arc::new(memory),
+        DedupeKind::Redis => {
+            let url = config
+                .redis_url
+                .as_ref()
+                .ok_or_else(|| BuildError::Redis("no Redis URL".into()))?;
+            let redis = RedisDedupe::new(
+                url.expose(),
+                RedisSettings {
+                    key_prefix: config.redis_key_prefix.clone(),
+                    ttl,
+                    lease: CLAIM_LEASE,
+                    timeout: config.redis_timeout(),
+                    // Past the caller's deadline the answer would be useless.
+                    claim_wait: config.request_timeout(),
+                },
+            )
+            .map_err(|e| BuildError::Redis(format!("{e} ({url})")))?;
+            tracing::info!(redis = %url, prefix = %config.redis_key_prefix, "dedupe in Redis");
+            Arc::new(FallbackDedupe::new(redis, memory, REDIS_PROBE_INTERVAL))
+        }
     };
     tracing::info!(
         publisher = publisher.name(),
@@ -52,6 +111,11 @@ pub async fn build_pipeline(config: &CoreConfig) -> Result<Arc<Pipeline>, BuildE
     let routes = Routes {
         inbound: config.inbound_queue.clone(),
         status: config.status_queue.clone(),
+        overrides: config
+            .queue_overrides()
+            .into_iter()
+            .map(|(carrier, kind, queue)| ((carrier, kind), queue.clone()))
+            .collect(),
     };
     Ok(Pipeline::new(dedupe, publisher, routes))
 }

@@ -1,9 +1,9 @@
 //! The `IngestService` gRPC handlers and the claim → publish → commit pipeline behind them.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use carrier_ingest::v1::{
-    Outcome, SubmitBatchReply, SubmitBatchRequest, SubmitInboundRequest, SubmitReply,
+    Carrier, Outcome, SubmitBatchReply, SubmitBatchRequest, SubmitInboundRequest, SubmitReply,
     SubmitStatusRequest, ingest_service_server::IngestService,
 };
 use futures_util::future::join_all;
@@ -20,27 +20,34 @@ use crate::{
 /// Most events in one `SubmitBatch`.
 pub const MAX_BATCH: usize = 100;
 
-/// Where each kind of event is published.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where each event is published: one queue per kind, each overridable per carrier.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Routes {
     /// Queue for inbound messages.
     pub inbound: String,
     /// Queue for delivery statuses.
     pub status: String,
+    /// Queues that replace `inbound` or `status` for one carrier.
+    pub overrides: HashMap<(Carrier, EventKind), String>,
 }
 
 impl Routes {
-    /// The queue for an event of `kind`.
-    pub fn queue(&self, kind: EventKind) -> &str {
+    /// The queue for an event of `kind` from `carrier`; the one place that routes.
+    pub fn queue(&self, carrier: Carrier, kind: EventKind) -> &str {
+        if let Some(queue) = self.overrides.get(&(carrier, kind)) {
+            return queue;
+        }
         match kind {
             EventKind::Inbound => &self.inbound,
             EventKind::Status => &self.status,
         }
     }
 
-    /// Every configured queue, for readiness checks.
+    /// Every configured queue, once each, for readiness checks.
     pub fn all(&self) -> Vec<String> {
         let mut queues = vec![self.inbound.clone(), self.status.clone()];
+        queues.extend(self.overrides.values().cloned());
+        queues.sort();
         queues.dedup();
         queues
     }
@@ -140,6 +147,11 @@ impl Pipeline {
         &self.publisher
     }
 
+    /// The dedupe store, for readiness and its degraded state.
+    pub fn dedupe(&self) -> &Arc<dyn DedupeStore> {
+        &self.dedupe
+    }
+
     /// Dedupes and publishes one normalized event.
     ///
     /// The work runs in its own task, so a caller that gives up (deadline, disconnect) cannot
@@ -174,7 +186,7 @@ impl Pipeline {
                 return Err(error.into());
             }
         };
-        let queue = self.routes.queue(event.kind);
+        let queue = self.routes.queue(event.carrier, event.kind);
         let outbound = event.to_outbound();
         match self.publisher.publish(queue, &outbound).await {
             Ok(()) => {
@@ -303,5 +315,26 @@ impl IngestService for IngestGrpc {
         let results = join_all(normalized.into_iter().map(|n| self.pipeline.ingest(n))).await;
         let results = results.into_iter().collect::<Result<Vec<_>, _>>()?;
         Ok(Response::new(SubmitBatchReply { results }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carrier_overrides_win_and_all_lists_each_queue_once() {
+        let routes = Routes {
+            inbound: "in".into(),
+            status: "st".into(),
+            overrides: HashMap::from([
+                ((Carrier::Twilio, EventKind::Status), "tw-st".to_owned()),
+                ((Carrier::Bandwidth, EventKind::Inbound), "in".to_owned()),
+            ]),
+        };
+        assert_eq!(routes.queue(Carrier::Twilio, EventKind::Status), "tw-st");
+        assert_eq!(routes.queue(Carrier::Twilio, EventKind::Inbound), "in");
+        assert_eq!(routes.queue(Carrier::Messagebird, EventKind::Status), "st");
+        assert_eq!(routes.all(), ["in", "st", "tw-st"]);
     }
 }

@@ -4,9 +4,13 @@
 //! the same id waits for the holder's outcome. A committed claim answers later claims as
 //! duplicates until it expires; a released claim (failed publish) lets the next claimer publish.
 
+mod fallback;
 mod memory;
+mod redis;
 
+pub use fallback::FallbackDedupe;
 pub use memory::MemoryDedupe;
+pub use redis::{RedisDedupe, RedisSettings};
 
 use async_trait::async_trait;
 
@@ -29,6 +33,10 @@ pub enum DedupeError {
     /// The backing store could not be reached or answered an error.
     #[error("dedupe store unavailable: {0}")]
     Unavailable(String),
+    /// Another caller held a live claim on the id for longer than this caller may wait; the
+    /// outcome is unknown, so the submitter must retry.
+    #[error("event is being published by another caller")]
+    Contended,
 }
 
 /// A store of claimed and committed event ids.
@@ -42,4 +50,9 @@ pub trait DedupeStore: Send + Sync + 'static {
     async fn release(&self, key: &str, token: &ClaimToken) -> Result<(), DedupeError>;
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;
+    /// Whether the store runs degraded (e.g. Redis unreachable and dedupe held in this process
+    /// only). Events are still taken; duplicates across replicas become possible.
+    fn degraded(&self) -> bool {
+        false
+    }
 }

@@ -1,8 +1,10 @@
 //! Publishing of accepted events to a durable queue, behind one small trait.
 
 mod spool;
+mod sqs;
 
 pub use spool::Spool;
+pub use sqs::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, SqsPublisher, SqsSettings, SqsStats, is_fifo};
 
 use async_trait::async_trait;
 

@@ -1,0 +1,175 @@
+//! Redis dedupe across core replicas, and its fallback to memory while Redis is down.
+
+use std::{collections::HashMap, time::Duration};
+
+use carrier_ingest::v1::{Carrier, Outcome};
+use futures_util::future::join_all;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::support::{
+    Core, Server, Sqs, aws_for, core_config, inbound, outcome, submit_inbound, unique,
+};
+
+const READY_WITHIN: Duration = Duration::from_secs(20);
+
+fn redis_core_flags<'a>(queue: &'a str, redis_url: &'a str, prefix: &'a str) -> Vec<&'a str> {
+    vec![
+        "--publisher=sqs",
+        "--inbound-queue",
+        queue,
+        "--status-queue",
+        queue,
+        "--dedupe=redis",
+        "--redis-url",
+        redis_url,
+        "--redis-key-prefix",
+        prefix,
+        "--redis-timeout-ms=300",
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cores_sharing_redis_publish_each_event_once() {
+    const EVENTS: usize = 20;
+    const COPIES: usize = 10;
+    let moto = Server::moto();
+    let redis = Server::redis();
+    let sqs = Sqs::new(&moto).await;
+    // A standard queue: SQS itself would not drop duplicates, so only dedupe can.
+    let queue = sqs.create_queue(&unique("shared")).await;
+    let redis_url = format!("redis://{}", redis.addr());
+    let prefix = unique("shared") + ":";
+    let config = core_config(&redis_core_flags(&queue, &redis_url, &prefix));
+    let aws = aws_for(&moto).await;
+    let cores = [
+        Core::from_config(&config, &aws).await,
+        Core::from_config(&config, &aws).await,
+    ];
+    for core in &cores {
+        core.wait_health(ServingStatus::Serving, READY_WITHIN).await;
+    }
+
+    let calls = (0..EVENTS * COPIES).map(|n| {
+        let event = n % EVENTS;
+        let client = cores[(n / EVENTS) % 2].client.clone();
+        async move {
+            let reply = submit_inbound(
+                &client,
+                inbound(Carrier::Inteliquent, &format!("iq-{event}")),
+            )
+            .await
+            .expect("every copy is answered");
+            (event, reply)
+        }
+    });
+    let mut by_event: HashMap<usize, Vec<Outcome>> = HashMap::new();
+    let mut ids: HashMap<usize, String> = HashMap::new();
+    for (event, reply) in join_all(calls).await {
+        by_event.entry(event).or_default().push(outcome(&reply));
+        let id = ids.entry(event).or_insert_with(|| reply.event_id.clone());
+        assert_eq!(*id, reply.event_id, "stable event id across replicas");
+    }
+    for (event, outcomes) in &by_event {
+        let accepted = outcomes.iter().filter(|o| **o == Outcome::Accepted).count();
+        assert_eq!(accepted, 1, "event {event}: {outcomes:?}");
+        assert_eq!(outcomes.len(), COPIES);
+    }
+
+    let got = sqs.drain(&queue).await;
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for m in &got {
+        *per_id
+            .entry(m.body["eventId"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        got.len(),
+        EVENTS,
+        "exactly one message per event: {per_id:?}"
+    );
+    assert!(per_id.values().all(|n| *n == 1));
+    assert!(cores.iter().all(|c| !c.pipeline.dedupe().degraded()));
+    for core in cores {
+        core.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_falls_back_to_memory_and_dedupe_resumes() {
+    let moto = Server::moto();
+    let mut redis = Server::redis();
+    let sqs = Sqs::new(&moto).await;
+    let queue = sqs.create_queue(&unique("fallback")).await;
+    let redis_url = format!("redis://{}", redis.addr());
+    let prefix = unique("fallback") + ":";
+    let config = core_config(&redis_core_flags(&queue, &redis_url, &prefix));
+    let aws = aws_for(&moto).await;
+    let a = Core::from_config(&config, &aws).await;
+    let b = Core::from_config(&config, &aws).await;
+    a.wait_health(ServingStatus::Serving, READY_WITHIN).await;
+    b.wait_health(ServingStatus::Serving, READY_WITHIN).await;
+
+    let before = submit_inbound(&a.client, inbound(Carrier::Twilio, "SM-before"))
+        .await
+        .expect("redis up");
+    assert_eq!(outcome(&before), Outcome::Accepted);
+    assert!(!a.pipeline.dedupe().degraded());
+
+    redis.stop();
+    let during = submit_inbound(&a.client, inbound(Carrier::Twilio, "SM-during"))
+        .await
+        .expect("taken although Redis is down");
+    assert_eq!(outcome(&during), Outcome::Accepted);
+    assert!(a.pipeline.dedupe().degraded(), "fallback is visible");
+    let retry = submit_inbound(&a.client, inbound(Carrier::Twilio, "SM-during"))
+        .await
+        .expect("retry while down");
+    assert_eq!(
+        outcome(&retry),
+        Outcome::Duplicate,
+        "memory dedupes this replica"
+    );
+
+    // Redis returns empty (no persistence). The core probes it and switches back.
+    redis.start();
+    let mut probes = 0;
+    while a.pipeline.dedupe().degraded() {
+        probes += 1;
+        assert!(probes < 100, "dedupe did not return to Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = submit_inbound(
+            &a.client,
+            inbound(Carrier::Twilio, &format!("SM-probe-{probes}")),
+        )
+        .await
+        .expect("taken while probing");
+        assert_eq!(outcome(&r), Outcome::Accepted);
+    }
+
+    // Shared again: the same event through both replicas is published once.
+    let first = submit_inbound(&a.client, inbound(Carrier::Twilio, "SM-after"))
+        .await
+        .expect("after");
+    let second = submit_inbound(&b.client, inbound(Carrier::Twilio, "SM-after"))
+        .await
+        .expect("after, other replica");
+    assert_eq!(outcome(&first), Outcome::Accepted);
+    assert_eq!(outcome(&second), Outcome::Duplicate);
+    assert!(!b.pipeline.dedupe().degraded());
+
+    let got = sqs.drain(&queue).await;
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|m| m.body["eventId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got.len(),
+        3 + probes,
+        "before, during, probes, after: once each: {ids:?}"
+    );
+    for id in [&before.event_id, &during.event_id, &first.event_id] {
+        assert_eq!(ids.iter().filter(|i| **i == id.as_str()).count(), 1);
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -1,0 +1,187 @@
+//! A tiny SQS-compatible endpoint (JSON 1.0 protocol) for what moto cannot do: a fixed
+//! latency for the benchmark, and per-entry failures for the retry test. It answers
+//! `SendMessageBatch` and `GetQueueAttributes`, and records what it accepted.
+//!
+//! Shared by the `backends` tests and the `sqs_publish` bench (`#[path]` include).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use serde_json::{Value, json};
+
+/// How the fake treats entries.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Behaviour {
+    /// Delay before every answer.
+    pub(crate) latency: Duration,
+    /// Fail (retryably, as a server fault) the first attempt of every entry at an odd index.
+    pub(crate) fail_odd_first_attempts: bool,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    /// Accepted entries per `eventId` of their body.
+    accepted: HashMap<String, u32>,
+    /// Event ids whose entry failed once already.
+    failed_once: HashMap<String, u32>,
+}
+
+#[derive(Debug)]
+struct Fake {
+    behaviour: Behaviour,
+    batch_calls: AtomicU64,
+    entries_failed: AtomicU64,
+    seen: Mutex<Seen>,
+}
+
+/// A running fake endpoint.
+#[derive(Debug)]
+pub(crate) struct FakeSqs {
+    /// Where it listens (use as `AWS_ENDPOINT_URL`).
+    pub(crate) addr: SocketAddr,
+    fake: Arc<Fake>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeSqs {
+    /// Starts the endpoint on a free loopback port.
+    pub(crate) async fn start(behaviour: Behaviour) -> Self {
+        let fake = Arc::new(Fake {
+            behaviour,
+            batch_calls: AtomicU64::new(0),
+            entries_failed: AtomicU64::new(0),
+            seen: Mutex::new(Seen::default()),
+        });
+        let app = Router::new()
+            .route("/", post(handle))
+            .with_state(fake.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake SQS");
+        let addr = listener.local_addr().expect("fake SQS addr");
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("fake SQS serves");
+        });
+        Self { addr, fake, task }
+    }
+
+    /// A queue URL on this endpoint.
+    pub(crate) fn queue_url(&self, name: &str) -> String {
+        format!("http://{}/123456789012/{name}", self.addr)
+    }
+
+    /// `SendMessageBatch` calls answered so far.
+    pub(crate) fn batch_calls(&self) -> u64 {
+        self.fake.batch_calls.load(Ordering::Relaxed)
+    }
+
+    /// Entries failed on purpose so far.
+    pub(crate) fn entries_failed(&self) -> u64 {
+        self.fake.entries_failed.load(Ordering::Relaxed)
+    }
+
+    /// How many times each event id was accepted.
+    pub(crate) fn accepted(&self) -> HashMap<String, u32> {
+        self.fake
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .accepted
+            .clone()
+    }
+}
+
+impl Drop for FakeSqs {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) -> Response {
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return reply(StatusCode::BAD_REQUEST, &error("InvalidParameterValue"));
+    };
+    tokio::time::sleep(fake.behaviour.latency).await;
+    match target {
+        "AmazonSQS.SendMessageBatch" => {
+            fake.batch_calls.fetch_add(1, Ordering::Relaxed);
+            reply(StatusCode::OK, &send_message_batch(&fake, &request))
+        }
+        "AmazonSQS.GetQueueAttributes" => reply(
+            StatusCode::OK,
+            &json!({"Attributes": {"QueueArn": "arn:aws:sqs:us-east-1:123456789012:fake"}}),
+        ),
+        _ => reply(StatusCode::BAD_REQUEST, &error("UnsupportedOperation")),
+    }
+}
+
+fn send_message_batch(fake: &Fake, request: &Value) -> Value {
+    let entries = request["Entries"].as_array().cloned().unwrap_or_default();
+    let mut successful = Vec::new();
+    let mut failed = Vec::new();
+    let mut seen = fake.seen.lock().unwrap_or_else(|p| p.into_inner());
+    for (index, entry) in entries.iter().enumerate() {
+        let id = entry["Id"].as_str().unwrap_or_default().to_owned();
+        let body = entry["MessageBody"].as_str().unwrap_or_default();
+        let event_id = serde_json::from_str::<Value>(body)
+            .ok()
+            .and_then(|b| b["eventId"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if body.contains("poison") {
+            failed.push(
+                json!({"Id": id, "SenderFault": true, "Code": "InvalidParameterValue",
+                "Message": "rejected"}),
+            );
+            fake.entries_failed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if fake.behaviour.fail_odd_first_attempts
+            && index % 2 == 1
+            && !seen.failed_once.contains_key(&event_id)
+        {
+            seen.failed_once.insert(event_id, 1);
+            failed.push(
+                json!({"Id": id, "SenderFault": false, "Code": "InternalError",
+                "Message": "try again"}),
+            );
+            fake.entries_failed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        *seen.accepted.entry(event_id).or_default() += 1;
+        successful.push(json!({"Id": id, "MessageId": format!("m-{index}"),
+            "MD5OfMessageBody": "00000000000000000000000000000000"}));
+    }
+    json!({"Successful": successful, "Failed": failed})
+}
+
+fn error(code: &str) -> Value {
+    json!({"__type": format!("com.amazonaws.sqs#{code}"), "message": code})
+}
+
+fn reply(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/x-amz-json-1.0")],
+        body.to_string(),
+    )
+        .into_response()
+}

@@ -1,0 +1,114 @@
+//! The Redis claim / commit / release semantics, straight against redis-server.
+
+use std::{sync::Arc, time::Duration};
+
+use ingest_core::dedupe::{
+    Claim, ClaimToken, DedupeError, DedupeStore, RedisDedupe, RedisSettings,
+};
+
+use crate::support::{Server, unique};
+
+fn store(redis: &Server, prefix: &str, lease: Duration, claim_wait: Duration) -> RedisDedupe {
+    RedisDedupe::new(
+        &format!("redis://{}", redis.addr()),
+        RedisSettings {
+            key_prefix: prefix.to_owned(),
+            ttl: Duration::from_secs(60),
+            lease,
+            timeout: Duration::from_millis(500),
+            claim_wait,
+        },
+    )
+    .expect("redis store")
+}
+
+async fn acquire(s: &RedisDedupe, key: &str) -> ClaimToken {
+    match s.claim(key).await.expect("claim") {
+        Claim::Acquired(t) => t,
+        Claim::Duplicate => panic!("{key} unexpectedly duplicate"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_are_exclusive_across_stores_and_settled_only_by_their_owner() {
+    let redis = Server::redis();
+    let prefix = unique("store") + ":";
+    let wait = Duration::from_secs(5);
+    let a = Arc::new(store(&redis, &prefix, Duration::from_secs(30), wait));
+    let b = Arc::new(store(&redis, &prefix, Duration::from_secs(30), wait));
+
+    // Commit makes a duplicate for the other replica.
+    let t = acquire(&a, "k1").await;
+    a.commit("k1", &t).await.unwrap();
+    assert_eq!(b.claim("k1").await.unwrap(), Claim::Duplicate);
+
+    // A waiter on a live claim gets the outcome: duplicate after commit...
+    let t = acquire(&a, "k2").await;
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move { b.claim("k2").await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "must wait while the claim is live");
+    // ...and neither a stranger's token nor a forged one settles it.
+    b.commit("k2", &ClaimToken("someone:1".into()))
+        .await
+        .unwrap();
+    b.release("k2", &ClaimToken("someone:1".into()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "a non-owner cannot settle the claim");
+    a.commit("k2", &t).await.unwrap();
+    assert_eq!(waiter.await.unwrap(), Claim::Duplicate);
+
+    // ...or the claim itself after a release.
+    let t = acquire(&a, "k3").await;
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move { b.claim("k3").await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    a.release("k3", &t).await.unwrap();
+    assert!(matches!(waiter.await.unwrap(), Claim::Acquired(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapsed_claims_are_taken_over_and_waiting_is_bounded() {
+    let redis = Server::redis();
+    let prefix = unique("lease") + ":";
+    let short = store(
+        &redis,
+        &prefix,
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+    );
+    let impatient = store(
+        &redis,
+        &prefix,
+        Duration::from_secs(30),
+        Duration::from_millis(150),
+    );
+
+    // A holder that vanished: its lease lapses, the next claimer takes over, and the old
+    // holder's late commit does not overwrite the new claim.
+    let old = acquire(&short, "k").await;
+    let new = acquire(&short, "k").await;
+    assert_ne!(old, new);
+    short.commit("k", &old).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_millis(100), impatient.claim("k")).await;
+    assert!(
+        matches!(r, Err(_) | Ok(Err(DedupeError::Contended))),
+        "the new claim is still live: {r:?}"
+    );
+    short.commit("k", &new).await.unwrap();
+    assert_eq!(impatient.claim("k").await.unwrap(), Claim::Duplicate);
+
+    // Waiting on a claim that outlives claim_wait ends in Contended, not a guess.
+    let _held = acquire(&impatient, "busy").await;
+    let started = std::time::Instant::now();
+    let r = impatient.claim("busy").await;
+    assert!(matches!(r, Err(DedupeError::Contended)), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(impatient.key("busy").starts_with(&prefix));
+}

@@ -1,0 +1,90 @@
+//! Per-entry results of `SendMessageBatch`: retry only the failed retryable entries, fail
+//! permanent ones at once. moto never fails single entries, so these run against the fake
+//! endpoint in `fake_sqs.rs`.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use futures_util::future::join_all;
+use ingest_core::publish::{
+    EventKind, OutboundEvent, PublishError, Publisher, SqsPublisher, SqsSettings,
+};
+
+use crate::fake_sqs::{Behaviour, FakeSqs};
+
+fn event(id: &str) -> OutboundEvent {
+    OutboundEvent {
+        event_id: id.to_owned(),
+        body: serde_json::json!({ "eventId": id }).to_string(),
+        group_id: "g".into(),
+        carrier: "twilio",
+        kind: EventKind::Inbound,
+        status: "",
+        schema_version: 1,
+    }
+}
+
+async fn publisher_for(fake: &FakeSqs) -> Arc<SqsPublisher> {
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(format!("http://{}", fake.addr))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .load()
+        .await;
+    Arc::new(SqsPublisher::new(
+        &aws,
+        SqsSettings {
+            linger: Duration::from_millis(20),
+            ..SqsSettings::default()
+        },
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partially_failed_batches_retry_only_the_failed_entries() {
+    const EVENTS: usize = 40;
+    let fake = FakeSqs::start(Behaviour {
+        latency: Duration::from_millis(5),
+        fail_odd_first_attempts: true,
+    })
+    .await;
+    let queue = fake.queue_url("retry");
+    let publisher = publisher_for(&fake).await;
+    publisher.check(&queue).await.expect("queue answers");
+
+    let ids: Vec<String> = (0..EVENTS).map(|i| format!("ev-{i}")).collect();
+    let poison = "poison-1".to_owned();
+    let results = join_all(ids.iter().chain(std::iter::once(&poison)).map(|id| {
+        let publisher = publisher.clone();
+        let queue = queue.clone();
+        async move { (id.clone(), publisher.publish(&queue, &event(id)).await) }
+    }))
+    .await;
+
+    for (id, result) in &results {
+        if *id == poison {
+            assert!(
+                matches!(result, Err(PublishError::Unavailable(_))),
+                "a permanent failure comes back as an error: {result:?}"
+            );
+        } else {
+            assert!(result.is_ok(), "{id}: {result:?}");
+        }
+    }
+    let accepted = fake.accepted();
+    let all: HashSet<&String> = ids.iter().collect();
+    assert_eq!(accepted.keys().collect::<HashSet<_>>(), all);
+    assert!(
+        accepted.values().all(|n| *n == 1),
+        "no entry is sent again once accepted: {accepted:?}"
+    );
+    let stats = publisher.stats();
+    assert!(fake.entries_failed() > 1, "the fake failed some entries");
+    // Every failed entry except the poison one was retried, and nothing else was.
+    assert_eq!(stats.retries, fake.entries_failed() - 1);
+    assert_eq!(stats.failures, 1);
+    assert_eq!(stats.messages_sent, EVENTS as u64);
+    assert_eq!(stats.batch_calls, fake.batch_calls());
+    assert!(stats.batch_calls < EVENTS as u64, "{stats:?}");
+}
