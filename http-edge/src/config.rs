@@ -5,7 +5,11 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use ingest_core::config::{CoreConfig, RuntimeConfig};
 
 use crate::{
-    auth::{BasicVerifier, BearerVerifier, Disabled, FailClosed, Verifier},
+    auth::{
+        AllOf, BasicVerifier, BearerVerifier, BodyHmacVerifier, Disabled, FailClosed,
+        MessageBirdPolicy, MessageBirdScheme, MessageBirdVerifier, PublicUrl, TwilioVerifier,
+        Verifier,
+    },
     secret::{self, SecretList},
 };
 
@@ -69,6 +73,26 @@ pub struct EdgeConfig {
     /// signatures over the URL the carrier signed.
     #[arg(long, env = "INGEST_PUBLIC_BASE_URL")]
     pub public_base_url: Option<String>,
+    /// Proxies in front of the edge (comma-separated addresses or CIDR ranges) whose
+    /// `Forwarded` / `X-Forwarded-Proto` / `X-Forwarded-Host` headers say which public URL was
+    /// called. From any other peer those headers are ignored.
+    #[arg(long, env = "INGEST_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
+    /// Twilio AccountSids (comma-separated) whose signed calls are accepted; a genuine call from
+    /// another account gets 403. Unset: any account whose auth token is configured.
+    #[arg(long, env = "INGEST_TWILIO_ACCOUNT_SIDS")]
+    pub twilio_account_sids: Option<String>,
+    /// MessageBird signatures accepted: `jwt` (MessageBird-Signature-JWT), `legacy`
+    /// (MessageBird-Signature + MessageBird-Request-Timestamp) or `any` (JWT when present, else
+    /// `MessageBird-Signature: sha256=<hex>` of the body, else legacy).
+    #[arg(long, env = "INGEST_MESSAGEBIRD_SCHEME", value_enum, default_value_t = MessageBirdScheme::Any)]
+    pub messagebird_scheme: MessageBirdScheme,
+    /// Legacy MessageBird timestamps further than this from our clock, either way, are rejected.
+    #[arg(long, env = "INGEST_MESSAGEBIRD_MAX_AGE_SECS", default_value_t = 300)]
+    pub messagebird_max_age_secs: u64,
+    /// Clock leeway, in seconds, for the `nbf` and `exp` of a MessageBird-Signature-JWT.
+    #[arg(long, env = "INGEST_MESSAGEBIRD_JWT_LEEWAY_SECS", default_value_t = 30)]
+    pub messagebird_jwt_leeway_secs: u64,
 }
 
 impl EdgeConfig {
@@ -121,6 +145,20 @@ pub struct SecretsConfig {
     /// File holding MessageBird signing keys.
     #[arg(long, env = "INGEST_MESSAGEBIRD_SIGNING_KEYS_FILE")]
     pub messagebird_signing_keys_file: Option<PathBuf>,
+    /// Bandwidth `X-Bandwidth-Signature` keys, comma-separated: when set, the header (HMAC-SHA256
+    /// of the raw body) is required, besides Basic credentials if those are set too.
+    #[arg(long, env = "INGEST_BANDWIDTH_SIGNING_KEYS", hide_env_values = true, value_parser = secret::parse_list)]
+    pub bandwidth_signing_keys: Option<SecretList>,
+    /// File holding Bandwidth signing keys.
+    #[arg(long, env = "INGEST_BANDWIDTH_SIGNING_KEYS_FILE")]
+    pub bandwidth_signing_keys_file: Option<PathBuf>,
+    /// Inteliquent `X-Inteliquent-Signature` keys, comma-separated: when set, the header
+    /// (HMAC-SHA256 of the raw body) is required, besides a bearer token if tokens are set too.
+    #[arg(long, env = "INGEST_INTELIQUENT_HMAC_KEYS", hide_env_values = true, value_parser = secret::parse_list)]
+    pub inteliquent_hmac_keys: Option<SecretList>,
+    /// File holding Inteliquent HMAC keys.
+    #[arg(long, env = "INGEST_INTELIQUENT_HMAC_KEYS_FILE")]
+    pub inteliquent_hmac_keys_file: Option<PathBuf>,
 }
 
 fn combined(
@@ -138,6 +176,41 @@ fn combined(
         }
     }
     all
+}
+
+fn boxed(v: impl Verifier) -> Box<dyn Verifier> {
+    Box::new(v)
+}
+
+/// The first and, when both are configured, the second: each configured check is required.
+/// Neither: fail closed.
+fn both(first: Option<Box<dyn Verifier>>, second: Option<Box<dyn Verifier>>) -> Arc<dyn Verifier> {
+    match (first, second) {
+        (None, None) => Arc::new(FailClosed),
+        (Some(one), None) | (None, Some(one)) => Arc::from(one),
+        (Some(a), Some(b)) => Arc::new(AllOf::new(vec![a, b])),
+    }
+}
+
+/// `--twilio-account-sids`: `AC…` identifiers. A value that is not one is reported without
+/// echoing it (it may be an auth token pasted into the wrong setting).
+fn account_sids(list: Option<&str>, problems: &mut Vec<String>) -> Vec<String> {
+    let sids: Vec<String> = list
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if sids
+        .iter()
+        .any(|s| !s.starts_with("AC") || !s.bytes().all(|b| b.is_ascii_alphanumeric()))
+    {
+        problems.push(
+            "--twilio-account-sids must be comma-separated Twilio account SIDs (AC…)".to_owned(),
+        );
+    }
+    sids
 }
 
 /// The verifier of each carrier.
@@ -168,30 +241,65 @@ impl Verifiers {
     /// Builds each carrier's verifier, or lists every configuration problem.
     pub fn from_config(edge: &EdgeConfig, secrets: &SecretsConfig) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
-        let bandwidth = combined(
+        let mut load = |inline: &Option<SecretList>, file: &Option<PathBuf>| {
+            combined(inline, file, &mut problems)
+        };
+        let bandwidth = load(
             &secrets.bandwidth_basic_auth,
             &secrets.bandwidth_basic_auth_file,
-            &mut problems,
         );
-        let inteliquent = combined(
+        let bandwidth_keys = load(
+            &secrets.bandwidth_signing_keys,
+            &secrets.bandwidth_signing_keys_file,
+        );
+        let inteliquent = load(
             &secrets.inteliquent_tokens,
             &secrets.inteliquent_tokens_file,
-            &mut problems,
         );
-        let twilio = combined(
+        let inteliquent_keys = load(
+            &secrets.inteliquent_hmac_keys,
+            &secrets.inteliquent_hmac_keys_file,
+        );
+        let twilio = load(
             &secrets.twilio_auth_tokens,
             &secrets.twilio_auth_tokens_file,
-            &mut problems,
         );
-        let messagebird = combined(
+        let messagebird = load(
             &secrets.messagebird_signing_keys,
             &secrets.messagebird_signing_keys_file,
-            &mut problems,
         );
         for pair in bandwidth.iter() {
             if !pair.expose().contains(&b':') {
                 problems.push("Bandwidth credentials must be user:password pairs".to_owned());
                 break;
+            }
+        }
+        let public_url = PublicUrl::new(
+            edge.public_base_url.as_deref(),
+            edge.trusted_proxies.as_deref(),
+        )
+        .unwrap_or_else(|p| {
+            problems.extend(p);
+            PublicUrl::default()
+        });
+        let account_sids = account_sids(edge.twilio_account_sids.as_deref(), &mut problems);
+        if edge.messagebird_max_age_secs == 0 || edge.messagebird_max_age_secs > 3_600 {
+            problems.push("--messagebird-max-age-secs must be between 1 and 3600".to_owned());
+        }
+        if edge.messagebird_jwt_leeway_secs > 300 {
+            problems.push("--messagebird-jwt-leeway-secs must be at most 300".to_owned());
+        }
+        if !edge.skip_verify() && !public_url.is_configured() {
+            // Rebuilding the signed URL from the Host header breaks behind any proxy and silently
+            // rejects genuine calls: refuse to start instead.
+            let fix = "set --public-base-url (INGEST_PUBLIC_BASE_URL) to the URL the carrier calls, or --trusted-proxies (INGEST_TRUSTED_PROXIES)";
+            if !twilio.is_empty() {
+                problems.push(format!("Twilio signatures cover the public URL: {fix}"));
+            }
+            if !messagebird.is_empty() && edge.messagebird_scheme != MessageBirdScheme::Legacy {
+                problems.push(format!(
+                    "MessageBird JWT signatures cover the public URL: {fix}, or use --messagebird-scheme legacy"
+                ));
             }
         }
         if !problems.is_empty() {
@@ -206,22 +314,38 @@ impl Verifiers {
                 inteliquent: off,
             });
         }
-        fn or_closed(
-            list: SecretList,
-            make: impl FnOnce(SecretList) -> Arc<dyn Verifier>,
-        ) -> Arc<dyn Verifier> {
-            if list.is_empty() {
-                Arc::new(FailClosed)
-            } else {
-                make(list)
-            }
-        }
+        let public_url = Arc::new(public_url);
+        let policy = MessageBirdPolicy {
+            scheme: edge.messagebird_scheme,
+            max_age_secs: edge.messagebird_max_age_secs,
+            jwt_leeway_secs: edge.messagebird_jwt_leeway_secs,
+        };
         Ok(Self {
-            bandwidth: or_closed(bandwidth, |l| Arc::new(BasicVerifier::new(l))),
-            inteliquent: or_closed(inteliquent, |l| Arc::new(BearerVerifier::new(l))),
-            // Real Twilio and MessageBird signature checks are not wired yet: fail closed.
-            twilio: or_closed(twilio, |_| Arc::new(FailClosed)),
-            messagebird: or_closed(messagebird, |_| Arc::new(FailClosed)),
+            bandwidth: both(
+                (!bandwidth.is_empty()).then(|| boxed(BasicVerifier::new(bandwidth))),
+                (!bandwidth_keys.is_empty())
+                    .then(|| boxed(BodyHmacVerifier::bandwidth(bandwidth_keys))),
+            ),
+            inteliquent: both(
+                (!inteliquent.is_empty()).then(|| boxed(BearerVerifier::new(inteliquent))),
+                (!inteliquent_keys.is_empty())
+                    .then(|| boxed(BodyHmacVerifier::inteliquent(inteliquent_keys))),
+            ),
+            twilio: both(
+                (!twilio.is_empty()).then(|| {
+                    boxed(TwilioVerifier::new(
+                        twilio,
+                        public_url.clone(),
+                        account_sids,
+                    ))
+                }),
+                None,
+            ),
+            messagebird: both(
+                (!messagebird.is_empty())
+                    .then(|| boxed(MessageBirdVerifier::new(messagebird, policy, public_url))),
+                None,
+            ),
         })
     }
 
@@ -239,6 +363,127 @@ impl Verifiers {
             ("inteliquent", &self.inteliquent),
         ] {
             tracing::info!(carrier, scheme = %v.describe(), "webhook verification");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn verifiers(args: &[&str]) -> Result<Verifiers, Vec<String>> {
+        let mut argv = vec!["http-edge"];
+        argv.extend_from_slice(args);
+        let cli = EdgeCli::try_parse_from(argv).unwrap();
+        Verifiers::from_config(&cli.edge, &cli.secrets)
+    }
+
+    #[test]
+    fn url_signing_schemes_need_a_public_url_unless_verification_is_off() {
+        let err = verifiers(&["--twilio-auth-tokens", "t"]).unwrap_err();
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert!(err[0].contains("Twilio signatures cover the public URL"));
+        let err = verifiers(&["--messagebird-signing-keys", "k"]).unwrap_err();
+        assert!(err[0].contains("MessageBird JWT"), "{err:?}");
+        let err = verifiers(&[
+            "--messagebird-signing-keys",
+            "k",
+            "--messagebird-scheme",
+            "jwt",
+        ])
+        .unwrap_err();
+        assert!(err[0].contains("MessageBird JWT"), "{err:?}");
+        for ok in [
+            &[
+                "--twilio-auth-tokens",
+                "t",
+                "--public-base-url",
+                "https://h.example",
+            ][..],
+            &[
+                "--twilio-auth-tokens",
+                "t",
+                "--trusted-proxies",
+                "10.0.0.0/8",
+            ],
+            &[
+                "--messagebird-signing-keys",
+                "k",
+                "--messagebird-scheme",
+                "legacy",
+            ],
+            &["--twilio-auth-tokens", "t", "--insecure-skip-verify"],
+        ] {
+            assert!(verifiers(ok).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_without_secrets() {
+        let err = verifiers(&[
+            "--twilio-auth-tokens",
+            "tok",
+            "--public-base-url",
+            "hooks.example.com",
+            "--trusted-proxies",
+            "10.0.0.0/8,bogus",
+            "--twilio-account-sids",
+            "AC1,my-secret-token",
+            "--messagebird-max-age-secs",
+            "0",
+            "--messagebird-jwt-leeway-secs",
+            "301",
+        ])
+        .unwrap_err();
+        // base URL, proxy, SIDs, max age, leeway, and Twilio without a valid public URL.
+        assert_eq!(err.len(), 6, "{err:?}");
+        assert!(
+            !err.iter().any(|e| e.contains("my-secret-token")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn each_carrier_gets_the_schemes_configured() {
+        let v = verifiers(&[
+            "--public-base-url",
+            "https://hooks.example.com",
+            "--twilio-auth-tokens",
+            "a,b",
+            "--messagebird-signing-keys",
+            "k",
+            "--bandwidth-basic-auth",
+            "u:p",
+            "--bandwidth-signing-keys",
+            "k1,k2",
+            "--inteliquent-hmac-keys",
+            "h",
+        ])
+        .unwrap();
+        assert!(
+            v.bandwidth
+                .describe()
+                .starts_with("HTTP Basic (1 credential pairs accepted) AND X-Bandwidth-Signature"),
+            "{}",
+            v.bandwidth.describe()
+        );
+        assert!(
+            v.inteliquent
+                .describe()
+                .starts_with("X-Inteliquent-Signature")
+        );
+        assert!(v.twilio.describe().contains("2 auth token(s)"));
+        assert!(v.messagebird.describe().contains("else legacy"));
+        let none = verifiers(&[]).unwrap();
+        for v in [
+            none.bandwidth,
+            none.twilio,
+            none.messagebird,
+            none.inteliquent,
+        ] {
+            assert!(v.describe().contains("fail closed"));
         }
     }
 }

@@ -210,18 +210,18 @@ async fn resolve_loop<R, F>(
 }
 
 fn from_status(status: &Status) -> EdgeError {
-    if status.code() == Code::InvalidArgument {
-        if let Some(bad) = status.get_details_bad_request() {
-            return EdgeError::Invalid(
-                bad.field_violations
-                    .into_iter()
-                    .map(|v| FieldViolation {
-                        field: v.field,
-                        description: v.description,
-                    })
-                    .collect(),
-            );
-        }
+    if status.code() == Code::InvalidArgument
+        && let Some(bad) = status.get_details_bad_request()
+    {
+        return EdgeError::Invalid(
+            bad.field_violations
+                .into_iter()
+                .map(|v| FieldViolation {
+                    field: v.field,
+                    description: v.description,
+                })
+                .collect(),
+        );
     }
     tracing::warn!(code = ?status.code(), message = status.message(), "core call failed");
     EdgeError::Core {

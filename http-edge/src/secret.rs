@@ -74,6 +74,17 @@ impl SecretList {
     pub fn extend(&mut self, other: SecretList) {
         self.0.extend(other.0);
     }
+
+    /// Every secret's bytes, for computing MACs over them in turn. Never log the result.
+    pub fn exposed(&self) -> Vec<&[u8]> {
+        self.0.iter().map(Secret::expose).collect()
+    }
+}
+
+impl FromIterator<Secret> for SecretList {
+    fn from_iter<I: IntoIterator<Item = Secret>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
 }
 
 impl fmt::Debug for SecretList {

@@ -5,9 +5,17 @@
 
 mod basic;
 mod bearer;
+mod hmac_body;
+mod messagebird;
+mod public_url;
+mod twilio;
 
 pub use basic::BasicVerifier;
 pub use bearer::BearerVerifier;
+pub use hmac_body::BodyHmacVerifier;
+pub use messagebird::{MessageBirdPolicy, MessageBirdScheme, MessageBirdVerifier};
+pub use public_url::PublicUrl;
+pub use twilio::TwilioVerifier;
 
 use std::net::SocketAddr;
 
@@ -109,6 +117,40 @@ impl Verifier for FailClosed {
 
     fn describe(&self) -> String {
         "no secret configured: every call is rejected (fail closed)".to_owned()
+    }
+}
+
+/// Requires every one of several verifiers (e.g. Basic credentials and a body HMAC); the first
+/// failure is the reason.
+pub struct AllOf(Vec<Box<dyn Verifier>>);
+
+impl AllOf {
+    /// Accepts a call only when each of `verifiers` does, checked in order.
+    pub fn new(verifiers: Vec<Box<dyn Verifier>>) -> Self {
+        Self(verifiers)
+    }
+}
+
+impl std::fmt::Debug for AllOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Verifier for AllOf {
+    fn verify<'a>(&self, incoming: &'a Incoming) -> Result<Verified<'a>, AuthError> {
+        if self.0.is_empty() {
+            return Err(AuthError::NotConfigured);
+        }
+        for verifier in &self.0 {
+            verifier.verify(incoming)?;
+        }
+        Ok(Verified::vouch(incoming))
+    }
+
+    fn describe(&self) -> String {
+        let parts: Vec<String> = self.0.iter().map(|v| v.describe()).collect();
+        parts.join(" AND ")
     }
 }
 

@@ -72,15 +72,15 @@ impl Edge {
     async fn wait_ready(&mut self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut() {
-                if child.try_wait().unwrap().is_some() {
-                    return false;
-                }
+            if let Some(child) = self.child.as_mut()
+                && child.try_wait().unwrap().is_some()
+            {
+                return false;
             }
-            if let Ok(r) = self.client.get(self.url("/readyz")).send().await {
-                if r.status() == 200 {
-                    return true;
-                }
+            if let Ok(r) = self.client.get(self.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
