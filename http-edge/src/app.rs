@@ -5,7 +5,7 @@ use std::{
     future::Future,
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, LazyLock,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -21,6 +21,11 @@ use axum::{
     routing::{get, post},
 };
 use carrier_ingest::v1::Outcome;
+use ingest_core::metrics;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+};
 use serde_json::json;
 use tokio::{net::TcpListener, sync::Notify};
 use tower::ServiceBuilder;
@@ -35,6 +40,43 @@ use crate::{
     core_client::CoreClient,
     error::EdgeError,
 };
+
+/// Labels of a webhook reply.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    carrier: &'static str,
+    status: u16,
+}
+
+/// Labels naming a carrier.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CarrierLabels {
+    carrier: &'static str,
+}
+
+/// The edge's metrics, registered in the process registry on first use.
+struct EdgeMetrics {
+    requests: Family<WebhookLabels, Counter>,
+    seconds: Family<CarrierLabels, Histogram>,
+}
+
+static METRICS: LazyLock<EdgeMetrics> = LazyLock::new(|| {
+    let m = EdgeMetrics {
+        requests: Family::default(),
+        seconds: Family::new_with_constructor(metrics::latency_histogram),
+    };
+    metrics::register(
+        "ingest_webhook_requests",
+        "Webhook calls by carrier and HTTP status of the reply",
+        m.requests.clone(),
+    );
+    metrics::register(
+        "ingest_webhook_duration_seconds",
+        "Time from receiving a webhook to replying",
+        m.seconds.clone(),
+    );
+    m
+});
 
 /// Limits of the HTTP server.
 #[derive(Debug, Clone, Copy)]
@@ -243,8 +285,13 @@ async fn handle<W: Webhook>(state: &AppState, incoming: Result<Incoming, EdgeErr
         Ok::<_, EdgeError>((events, replies))
     }
     .await;
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    match result {
+    let elapsed = started.elapsed();
+    let elapsed_ms = elapsed.as_millis() as u64;
+    METRICS
+        .seconds
+        .get_or_create(&CarrierLabels { carrier: W::NAME })
+        .observe(elapsed.as_secs_f64());
+    let response = match result {
         Ok((events, replies)) => {
             let duplicates = replies
                 .iter()
@@ -283,7 +330,15 @@ async fn handle<W: Webhook>(state: &AppState, incoming: Result<Incoming, EdgeErr
             }
             error.into_response_with(W::INVALID_STATUS)
         }
-    }
+    };
+    METRICS
+        .requests
+        .get_or_create(&WebhookLabels {
+            carrier: W::NAME,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
 }
 
 /// Serves `router` on `listener` until `shutdown` completes; readiness turns false at once, then

@@ -9,7 +9,7 @@ use http_edge::{
     config::{EdgeCli, Verifiers},
     core_client::CoreClient,
 };
-use ingest_core::{config, server};
+use ingest_core::{config, metrics, server};
 use tokio::sync::Notify;
 
 #[tokio::main]
@@ -30,6 +30,18 @@ async fn main() -> anyhow::Result<()> {
     cli.runtime.init_tracing();
     verifiers.log(cli.edge.skip_verify());
 
+    let stop_admin = Arc::new(Notify::new());
+    if let Some(addr) = cli.runtime.admin_listen {
+        let admin = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        tracing::info!(%addr, "admin listener (GET /metrics)");
+        let stop = stop_admin.clone();
+        tokio::spawn(metrics::serve_admin(
+            admin,
+            async move { stop.notified().await },
+        ));
+    }
     let stop_core = Arc::new(Notify::new());
     let mut core_task = None;
     let core_url = if cli.edge.embedded() {
@@ -84,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(task) = core_task {
         task.await??;
     }
+    stop_admin.notify_one();
     tracing::info!("http-edge stopped");
     Ok(())
 }

@@ -353,6 +353,9 @@ pub struct RuntimeConfig {
     /// Kubernetes' terminationGracePeriodSeconds.
     #[arg(long, env = "INGEST_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
+    /// Address of the admin listener serving Prometheus metrics at `/metrics` (off when unset).
+    #[arg(long, env = "INGEST_ADMIN_LISTEN")]
+    pub admin_listen: Option<std::net::SocketAddr>,
     /// Log format; the filter comes from RUST_LOG (default `info`).
     #[arg(long, env = "INGEST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod dedupe;
 pub mod event;
+pub mod metrics;
 pub mod normalize;
 pub mod publish;
 pub mod server;

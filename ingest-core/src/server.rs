@@ -221,6 +221,7 @@ async fn readiness_loop(pipeline: Arc<Pipeline>, health: HealthReporter) {
         } else {
             ServingStatus::NotServing
         };
+        crate::metrics::CORE.ready.set(i64::from(ready));
         if last != Some(ready) {
             tracing::info!(ready, "readiness changed");
             set_health(&health, status).await;

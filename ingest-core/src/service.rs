@@ -14,6 +14,7 @@ use tracing::Instrument;
 use crate::{
     dedupe::{Claim, DedupeError, DedupeStore},
     event::{self, Normalized, Submitted, Violation},
+    metrics,
     publish::{EventKind, PublishError, Publisher},
 };
 
@@ -174,21 +175,46 @@ impl Pipeline {
     }
 
     async fn process(&self, event: Normalized) -> Result<SubmitReply, IngestError> {
+        let count = |outcome| {
+            metrics::CORE
+                .events
+                .get_or_create(&metrics::EventLabels {
+                    carrier: event::carrier_name(event.carrier),
+                    kind: event.kind.as_str(),
+                    outcome,
+                })
+                .inc();
+        };
         let event_id = event.event_id.clone();
         let token = match self.dedupe.claim(&event_id).await {
             Ok(Claim::Duplicate) => {
                 tracing::info!(outcome = "duplicate", "event already published");
+                count("duplicate");
                 return Ok(reply(event_id, Outcome::Duplicate));
             }
             Ok(Claim::Acquired(token)) => token,
             Err(error) => {
                 tracing::error!(%error, "dedupe claim failed");
+                count("failed");
                 return Err(error.into());
             }
         };
         let queue = self.routes.queue(event.carrier, event.kind);
         let outbound = event.to_outbound();
-        match self.publisher.publish(queue, &outbound).await {
+        let started = std::time::Instant::now();
+        let published = self.publisher.publish(queue, &outbound).await;
+        metrics::CORE
+            .publish_seconds
+            .get_or_create(&metrics::BackendLabels {
+                backend: self.publisher.name(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        count(if published.is_ok() {
+            "accepted"
+        } else {
+            "failed"
+        });
+        match published {
             Ok(()) => {
                 if let Err(error) = self.dedupe.commit(&event_id, &token).await {
                     // The event is durable; a retry may publish it again, which consumers absorb
@@ -233,8 +259,25 @@ impl IngestGrpc {
     }
 
     async fn one(&self, submitted: Submitted, prefix: &str) -> Result<SubmitReply, Status> {
-        let normalized = event::normalize(submitted, prefix).map_err(IngestError::Invalid)?;
+        let labels = invalid_labels(&submitted);
+        let normalized = event::normalize(submitted, prefix).map_err(|v| {
+            metrics::CORE.events.get_or_create(&labels).inc();
+            IngestError::Invalid(v)
+        })?;
         Ok(self.pipeline.ingest(normalized).await?)
+    }
+}
+
+/// Metric labels for a submission that fails validation.
+fn invalid_labels(submitted: &Submitted) -> metrics::EventLabels {
+    let (carrier, kind) = match submitted {
+        Submitted::Inbound(m) => (m.carrier, EventKind::Inbound),
+        Submitted::Status(s) => (s.carrier, EventKind::Status),
+    };
+    metrics::EventLabels {
+        carrier: Carrier::try_from(carrier).map_or("unspecified", event::carrier_name),
+        kind: kind.as_str(),
+        outcome: "invalid",
     }
 }
 
@@ -304,9 +347,13 @@ impl IngestService for IngestGrpc {
                     continue;
                 }
             };
+            let labels = invalid_labels(&submitted);
             match event::normalize(submitted, &prefix) {
                 Ok(n) => normalized.push(n),
-                Err(v) => violations.extend(v),
+                Err(v) => {
+                    metrics::CORE.events.get_or_create(&labels).inc();
+                    violations.extend(v);
+                }
             }
         }
         if !violations.is_empty() {

@@ -132,6 +132,61 @@ mod tests {
         assert!(require_content_type(&none, "application/json").is_err());
     }
 
+    use proptest::prelude::*;
+
+    use crate::auth::{Disabled, Verifier};
+
+    /// Runs every carrier's parser over `body` sent with `content_type`, as POST and GET.
+    fn parse_all(content_type: &str, body: &[u8], query: &str) {
+        for method in [http::Method::POST, http::Method::GET] {
+            let mut req = incoming(
+                &format!("/x?{query}"),
+                &[("content-type", content_type)],
+                body,
+            );
+            req.method = method;
+            req.destination = Some("d".into());
+            let verified = Disabled.verify(&req).unwrap();
+            let _ = bandwidth::Bandwidth::parse(&verified);
+            let _ = twilio::Twilio::parse(&verified);
+            let _ = messagebird::MessageBird::parse(&verified);
+            let _ = inteliquent::Inteliquent::parse(&verified);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            parse_all("application/json", &body, "");
+            parse_all("application/x-www-form-urlencoded", &body, "");
+        }
+
+        #[test]
+        fn arbitrary_json_values_never_panic(
+            key in "[a-zA-Z]{1,12}",
+            value in prop_oneof![
+                Just("null".to_owned()), Just("[]".to_owned()), Just("{}".to_owned()),
+                any::<i64>().prop_map(|n| n.to_string()), "\\PC{0,20}".prop_map(|s| format!("{s:?}")),
+            ],
+        ) {
+            for template in [
+                format!(r#"{{"{key}":{value},"id":"a","type":"sms"}}"#),
+                format!(r#"[{{"type":"message-received","{key}":{value},"message":{{"{key}":{value}}}}}]"#),
+                format!(r#"{{"messageId":{value},"type":{value},"to":{value},"attachments":[{{"{key}":{value}}}]}}"#),
+            ] {
+                parse_all("application/json", template.as_bytes(), "");
+            }
+        }
+
+        #[test]
+        fn arbitrary_forms_and_queries_never_panic(pairs in proptest::collection::vec(("[A-Za-z0-9]{1,16}", "\\PC{0,16}"), 0..12)) {
+            let mut pairs = pairs;
+            pairs.push(("NumMedia".into(), "4294967295".into()));
+            let form = serde_urlencoded::to_string(&pairs).unwrap();
+            parse_all("application/x-www-form-urlencoded", form.as_bytes(), &form);
+        }
+    }
+
     #[derive(Deserialize)]
     struct Probe {
         #[serde(default, deserialize_with = "opt_string")]

@@ -82,3 +82,47 @@ async fn core_unreachable_is_503_and_not_ready() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn metrics_on_the_admin_listener_count_outcomes() {
+    let admin = free_port();
+    let admin_addr = format!("127.0.0.1:{admin}");
+    let edge = Edge::start(
+        &["--insecure-skip-verify", "--admin-listen", &admin_addr],
+        &[],
+    )
+    .await;
+    let twilio = "MessageSid=SMmetrics&AccountSid=AC1&From=%2B15559876543&To=%2B15551234567&Body=x";
+    assert_eq!(edge.post_form("/twilio", twilio).await.status(), 200);
+    assert_eq!(edge.post_form("/twilio", twilio).await.status(), 200);
+    assert_eq!(
+        edge.post_form(
+            "/twilio",
+            "MessageSid=SMbad&AccountSid=AC1&From=%2B1&To=%2B15551234567"
+        )
+        .await
+        .status(),
+        400
+    );
+    let text = edge
+        .client
+        .get(format!("http://{admin_addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"ingest_webhook_requests_total{carrier="twilio",status="200"} 2"#,
+        r#"ingest_webhook_requests_total{carrier="twilio",status="400"} 1"#,
+        r#"ingest_events_total{carrier="twilio",kind="inbound",outcome="accepted"} 1"#,
+        r#"ingest_events_total{carrier="twilio",kind="inbound",outcome="duplicate"} 1"#,
+        r#"ingest_events_total{carrier="twilio",kind="inbound",outcome="invalid"} 1"#,
+        r#"ingest_publish_duration_seconds_count{backend="spool"} 1"#,
+        "ingest_core_ready 1",
+    ] {
+        assert!(text.contains(line), "missing {line} in:\n{text}");
+    }
+    assert!(!text.contains("5559876543"), "no phone numbers in metrics");
+}

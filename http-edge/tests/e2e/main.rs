@@ -7,4 +7,6 @@ mod dedupe;
 mod grpcurl;
 mod harness;
 mod lifecycle;
+mod production;
+mod signatures;
 mod spec;

@@ -43,6 +43,7 @@ struct State {
 impl State {
     fn enter_degraded(&self, error: &DedupeError) {
         if !self.degraded.swap(true, Ordering::SeqCst) {
+            crate::metrics::CORE.dedupe_degraded.set(1);
             tracing::warn!(
                 %error,
                 "dedupe: Redis unreachable; falling back to in-memory dedupe (replicas no longer share dedupe)"
@@ -52,6 +53,7 @@ impl State {
 
     fn leave_degraded(&self) {
         if self.degraded.swap(false, Ordering::SeqCst) {
+            crate::metrics::CORE.dedupe_degraded.set(0);
             tracing::warn!("dedupe: Redis reachable again; dedupe is shared across replicas again");
         }
     }

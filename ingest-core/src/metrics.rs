@@ -1,0 +1,161 @@
+//! Prometheus metrics of the process, served on the admin listener at `/metrics`.
+//!
+//! One registry per process: the core's and the edge's metrics (both, when the core runs
+//! embedded) are exposed together. Names follow `ingest_<thing>_<unit>_total` / `_seconds`.
+
+use std::{
+    future::Future,
+    sync::{LazyLock, Mutex},
+};
+
+use axum::{Router, http::header, response::IntoResponse, routing::get};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Metric, Registry},
+};
+use tokio::net::TcpListener;
+
+static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| Mutex::new(Registry::default()));
+
+/// Registers `metric` under `name` in the process registry.
+pub fn register(name: &str, help: &str, metric: impl Metric) {
+    REGISTRY
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .register(name, help, metric);
+}
+
+/// The registry in Prometheus/OpenMetrics text.
+pub fn render() -> String {
+    // Make sure the core's families exist (zero-valued) even before the first event.
+    LazyLock::force(&CORE);
+    let mut text = String::new();
+    let registry = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    text
+}
+
+/// Latency buckets from 1 ms to ~16 s.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 15,
+    ))
+}
+
+/// Labels of a core event outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// Carrier name.
+    pub carrier: &'static str,
+    /// `inbound` or `status`.
+    pub kind: &'static str,
+    /// `accepted`, `duplicate`, `invalid` or `failed`.
+    pub outcome: &'static str,
+}
+
+/// Labels naming a backend.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// Backend name (`spool`, `sqs`).
+    pub backend: &'static str,
+}
+
+/// The core's metrics.
+#[derive(Debug)]
+pub struct CoreMetrics {
+    /// Events by carrier, kind and outcome.
+    pub events: Family<EventLabels, Counter>,
+    /// Time to make one event durable, by publisher.
+    pub publish_seconds: Family<BackendLabels, Histogram>,
+    /// 1 while dedupe has fallen back from Redis to process memory.
+    pub dedupe_degraded: Gauge,
+    /// 1 while every configured queue answers (gRPC health SERVING).
+    pub ready: Gauge,
+}
+
+/// The core's metrics, registered on first use.
+pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
+    let m = CoreMetrics {
+        events: Family::default(),
+        publish_seconds: Family::new_with_constructor(latency_histogram),
+        dedupe_degraded: Gauge::default(),
+        ready: Gauge::default(),
+    };
+    register(
+        "ingest_events",
+        "Events submitted to the core, by outcome",
+        m.events.clone(),
+    );
+    register(
+        "ingest_publish_duration_seconds",
+        "Time to make one event durable",
+        m.publish_seconds.clone(),
+    );
+    register(
+        "ingest_dedupe_degraded",
+        "1 while dedupe runs on process memory because Redis is unreachable",
+        m.dedupe_degraded.clone(),
+    );
+    register(
+        "ingest_core_ready",
+        "1 while every configured queue answers",
+        m.ready.clone(),
+    );
+    m
+});
+
+/// Serves `GET /metrics` on `listener` until `shutdown` completes.
+pub async fn serve_admin(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = Router::new().route(
+        "/metrics",
+        get(|| async {
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )],
+                render(),
+            )
+                .into_response()
+        }),
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_render_with_their_labels() {
+        CORE.events
+            .get_or_create(&EventLabels {
+                carrier: "twilio",
+                kind: "inbound",
+                outcome: "accepted",
+            })
+            .inc();
+        CORE.publish_seconds
+            .get_or_create(&BackendLabels { backend: "spool" })
+            .observe(0.003);
+        let text = render();
+        assert!(
+            text.contains(
+                r#"ingest_events_total{carrier="twilio",kind="inbound",outcome="accepted"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"ingest_publish_duration_seconds_count{backend="spool"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("ingest_dedupe_degraded 0"), "{text}");
+    }
+}
