@@ -124,7 +124,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
             "/bandwidth/{destination}",
             post(bandwidth).options(|| preflight(false)),
         )
-        .route("/twilio", post(webhook::<Twilio>))
+        .route("/twilio", post(webhook::<Twilio>).get(webhook::<Twilio>))
         .route(
             "/messagebird",
             post(webhook::<MessageBird>).get(webhook::<MessageBird>),

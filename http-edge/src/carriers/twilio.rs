@@ -1,4 +1,5 @@
-//! Twilio Programmable Messaging: form-encoded inbound messages and status callbacks.
+//! Twilio Programmable Messaging: form-encoded inbound messages and status callbacks (POST, or
+//! GET with query parameters when the webhook is configured for GET).
 
 use std::collections::HashMap;
 
@@ -34,8 +35,13 @@ impl Webhook for Twilio {
 
     fn parse(request: &Verified<'_>) -> Result<Vec<Event>, EdgeError> {
         let req = request.request();
-        require_content_type(req, "application/x-www-form-urlencoded")?;
-        let pairs = form_params(&req.body)?;
+        // Twilio calls a webhook configured for HTTP GET with the parameters in the query.
+        let pairs = if req.method == http::Method::GET {
+            form_params(req.raw_query().as_bytes())?
+        } else {
+            require_content_type(req, "application/x-www-form-urlencoded")?;
+            form_params(&req.body)?
+        };
         let mut p: HashMap<&str, &str> = HashMap::with_capacity(pairs.len());
         for (k, v) in &pairs {
             p.entry(k.as_str()).or_insert(v.as_str());

@@ -79,7 +79,7 @@ async fn unknown_paths_and_methods() {
     let (status, reply) = json_reply(edge.post_json("/nope", "{}").await).await;
     assert_eq!(status, 404);
     assert_eq!(reply["error"], "not_found");
-    let r = edge.client.get(edge.url("/twilio")).send().await.unwrap();
+    let r = edge.client.put(edge.url("/twilio")).send().await.unwrap();
     assert_eq!(r.status(), 405);
     assert_eq!(edge.spooled_count(), 0);
 }

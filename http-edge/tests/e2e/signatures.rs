@@ -910,3 +910,46 @@ async fn inteliquent_bearer_and_body_signature() {
     );
     assert_log_clean(&edge, &["old-iq-token", "new-iq-key", &sig]);
 }
+
+#[tokio::test]
+async fn twilio_get_webhook_signed_over_the_url_alone() {
+    let edge = Edge::start(
+        &["--public-base-url", PUBLIC],
+        &[("INGEST_TWILIO_AUTH_TOKENS", "get-token")],
+    )
+    .await;
+    let target = format!("/twilio?{FORM}");
+    // GET: the signature covers the full URL, query included; nothing is appended.
+    let signature = twilio_signature("get-token", &format!("{PUBLIC}{target}"), "");
+    let get = async |target: &str, sig: &str| {
+        send(
+            &edge,
+            reqwest::Method::GET,
+            target,
+            None,
+            &[("x-twilio-signature", sig)],
+            "",
+        )
+        .await
+    };
+    let tampered = target.replace("Hello+there", "Hello+thera");
+    rejected(
+        &edge,
+        "GET: changed parameter",
+        get(&tampered, &signature).await,
+        &[401],
+        0,
+    );
+    rejected(
+        &edge,
+        "GET: wrong signature",
+        get(&target, &one_byte(&signature, 3)).await,
+        &[401],
+        0,
+    );
+    assert_eq!(get(&target, &signature).await, 200);
+    let spooled = edge.spooled("inbound");
+    assert_eq!(spooled.len(), 1);
+    assert_eq!(spooled[0]["inbound"]["carrierMessageId"], "SMsig1");
+    assert_eq!(spooled[0]["inbound"]["text"], "Hello there");
+}
