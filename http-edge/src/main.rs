@@ -30,18 +30,9 @@ async fn main() -> anyhow::Result<()> {
     cli.runtime.init_tracing();
     verifiers.log(cli.edge.skip_verify());
 
-    let stop_admin = Arc::new(Notify::new());
-    if let Some(addr) = cli.runtime.admin_listen {
-        let admin = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
-        tracing::info!(%addr, "admin listener (GET /metrics)");
-        let stop = stop_admin.clone();
-        tokio::spawn(metrics::serve_admin(
-            admin,
-            async move { stop.notified().await },
-        ));
-    }
+    let stop_admin = metrics::start_admin(cli.runtime.admin_listen)
+        .await
+        .context("binding --admin-listen")?;
     let stop_core = Arc::new(Notify::new());
     let mut core_task = None;
     let core_url = if cli.edge.embedded() {

@@ -28,18 +28,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cli.core.grpc_listen))?;
     tracing::info!(addr = %listener.local_addr()?, "ingest-core listening (gRPC)");
-    let stop_admin = std::sync::Arc::new(tokio::sync::Notify::new());
-    if let Some(addr) = cli.runtime.admin_listen {
-        let admin = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
-        tracing::info!(%addr, "admin listener (GET /metrics)");
-        let stop = stop_admin.clone();
-        tokio::spawn(metrics::serve_admin(
-            admin,
-            async move { stop.notified().await },
-        ));
-    }
+    let stop_admin = metrics::start_admin(cli.runtime.admin_listen)
+        .await
+        .context("binding --admin-listen")?;
     let limits = server::Limits::from_config(&cli.core, cli.runtime.grace());
     server::serve(listener, pipeline, limits, server::shutdown_signal()).await?;
     stop_admin.notify_one();

@@ -106,6 +106,21 @@ pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
     m
 });
 
+/// Binds the admin listener at `addr` (if configured) and serves `/metrics` on it until the
+/// returned handle is notified.
+pub async fn start_admin(
+    addr: Option<std::net::SocketAddr>,
+) -> std::io::Result<std::sync::Arc<tokio::sync::Notify>> {
+    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    if let Some(addr) = addr {
+        let listener = TcpListener::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "admin listener (GET /metrics)");
+        let stop = stop.clone();
+        tokio::spawn(serve_admin(listener, async move { stop.notified().await }));
+    }
+    Ok(stop)
+}
+
 /// Serves `GET /metrics` on `listener` until `shutdown` completes.
 pub async fn serve_admin(
     listener: TcpListener,

@@ -194,4 +194,24 @@ pub(crate) mod test_support {
             destination: None,
         }
     }
+
+    /// Changes byte `idx % len` of `bytes` to another printable ASCII byte (so text stays
+    /// valid UTF-8), never a no-op; `delta` (1..94) picks which one.
+    pub(crate) fn mutate_ascii_in_place(bytes: &mut [u8], idx: usize, delta: u8) {
+        let i = idx % bytes.len();
+        let b = bytes[i];
+        let base = if b.is_ascii_graphic() { b } else { b'a' };
+        let mut n = ((base - 0x21 + delta) % 94) + 0x21;
+        if n == b {
+            n = if n == b'~' { b'!' } else { n + 1 };
+        }
+        bytes[i] = n;
+    }
+
+    /// [`mutate_ascii_in_place`] on a copy of `s`.
+    pub(crate) fn mutate_ascii(s: &str, idx: usize, delta: u8) -> String {
+        let mut bytes = s.as_bytes().to_vec();
+        mutate_ascii_in_place(&mut bytes, idx, delta);
+        String::from_utf8(bytes).unwrap()
+    }
 }

@@ -11,6 +11,8 @@
 //! Every failure is a 401. The clock is `SystemTime::now()`.
 
 mod signature;
+#[cfg(test)]
+mod vectors;
 
 use std::{
     sync::Arc,
@@ -200,58 +202,14 @@ mod tests {
     use http::{HeaderMap, Method, Uri};
     use jsonwebtoken::Algorithm;
     use proptest::prelude::*;
-    use serde::Deserialize;
 
     use super::signature::{sign_jwt, sign_legacy};
+    use super::vectors::load;
     use super::*;
-    use crate::{auth::hmac_body::sign_hmac_sha256_body, secret::Secret};
-
-    #[derive(Deserialize)]
-    struct File {
-        legacy_hmac: Legacy,
-        jwt: Jwt,
-    }
-
-    #[derive(Deserialize)]
-    struct Legacy {
-        vectors: Vec<LegacyVector>,
-    }
-
-    #[derive(Deserialize)]
-    struct LegacyVector {
-        id: String,
-        signing_key: String,
-        timestamp_header: String,
-        raw_query_string: Option<String>,
-        query_params: Option<Vec<(String, String)>>,
-        body: String,
-        expected_signature: String,
-        expected_valid: bool,
-    }
-
-    #[derive(Deserialize)]
-    struct Jwt {
-        vectors: Vec<JwtVector>,
-    }
-
-    #[derive(Deserialize)]
-    struct JwtVector {
-        name: String,
-        secret: Option<String>,
-        url: String,
-        payload: Option<String>,
-        token: String,
-        valid: bool,
-        now_unix: Option<i64>,
-    }
-
-    fn load() -> File {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/messagebird_vectors.json"
-        );
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    }
+    use crate::{
+        auth::{hmac_body::sign_hmac_sha256_body, test_support::mutate_ascii as mutate},
+        secret::Secret,
+    };
 
     const POLICY: MessageBirdPolicy = MessageBirdPolicy {
         scheme: MessageBirdScheme::Any,
@@ -529,19 +487,6 @@ mod tests {
             "{d}"
         );
         assert!(!d.contains(KEY), "{d}");
-    }
-
-    fn mutate(s: &str, idx: usize, delta: u8) -> String {
-        let mut bytes = s.as_bytes().to_vec();
-        let i = idx % bytes.len();
-        let b = bytes[i];
-        let base = if b.is_ascii_graphic() { b } else { b'a' };
-        let mut n = ((base - 0x21 + delta) % 94) + 0x21;
-        if n == b {
-            n = if n == b'~' { b'!' } else { n + 1 };
-        }
-        bytes[i] = n;
-        String::from_utf8(bytes).unwrap()
     }
 
     proptest! {

@@ -395,63 +395,9 @@ pub(crate) fn sign_jwt(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::messagebird::vectors::{JwtVector, LegacyVector, load};
+    use crate::auth::test_support::mutate_ascii;
     use proptest::prelude::*;
-    use serde::Deserialize;
-
-    #[derive(Deserialize)]
-    struct File {
-        legacy_hmac: LegacySection,
-        jwt: JwtSection,
-    }
-
-    #[derive(Deserialize)]
-    struct LegacySection {
-        vectors: Vec<LegacyVector>,
-    }
-
-    #[derive(Deserialize)]
-    struct LegacyVector {
-        id: String,
-        signing_key: String,
-        timestamp_header: String,
-        /// Either the raw query string ...
-        raw_query_string: Option<String>,
-        /// ... or the decoded parameters in request order.
-        query_params: Option<Vec<(String, String)>>,
-        canonical_query: String,
-        body: String,
-        string_to_sign_hex: String,
-        expected_signature: String,
-        expected_valid: bool,
-    }
-
-    #[derive(Deserialize)]
-    struct JwtSection {
-        vectors: Vec<JwtVector>,
-        extra_vectors: Vec<JwtVector>,
-    }
-
-    #[derive(Deserialize)]
-    struct JwtVector {
-        name: String,
-        secret: Option<String>,
-        url: String,
-        payload: Option<String>,
-        token: String,
-        valid: bool,
-        reason: Option<String>,
-        now_unix: Option<i64>,
-        timestamp: String,
-    }
-
-    fn load() -> File {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/messagebird_vectors.json"
-        );
-        let text = std::fs::read_to_string(path).expect("read messagebird_vectors.json");
-        serde_json::from_str(&text).expect("parse messagebird_vectors.json")
-    }
 
     fn raw_query_of(v: &LegacyVector) -> String {
         match (&v.raw_query_string, &v.query_params) {
@@ -872,17 +818,6 @@ mod tests {
     fn flip(bytes: &mut [u8], idx: usize, bit: u8) {
         let i = idx % bytes.len();
         bytes[i] ^= 1 << bit;
-    }
-
-    /// One-byte change within printable ASCII (keeps `&str` valid).
-    fn mutate_ascii(s: &str, idx: usize, delta: u8) -> String {
-        let mut bytes = s.as_bytes().to_vec();
-        let i = idx % bytes.len();
-        let b = bytes[i];
-        let base = if b.is_ascii_graphic() { b } else { b'a' };
-        let n = ((base - 0x21 + delta) % 94) + 0x21;
-        bytes[i] = if n == b { b'!' } else { n };
-        String::from_utf8(bytes).unwrap()
     }
 
     fn params() -> Vec<(String, String)> {

@@ -9,6 +9,8 @@
 //! Missing or wrong signature: 401. Genuine, but its `AccountSid` is not allowed: 403.
 
 mod signature;
+#[cfg(test)]
+mod vectors;
 
 use std::sync::Arc;
 
@@ -133,36 +135,14 @@ mod tests {
     use bytes::Bytes;
     use http::{HeaderMap, Uri, uri::PathAndQuery};
     use proptest::prelude::*;
-    use serde::Deserialize;
 
     use super::signature::sign;
+    use super::vectors::{self, Vector};
     use super::*;
-    use crate::{auth::test_support::incoming, secret::Secret};
-
-    #[derive(Deserialize)]
-    struct File {
-        vectors: Vec<Vector>,
-    }
-
-    #[derive(Deserialize)]
-    struct Vector {
-        id: String,
-        auth_token: String,
-        request_url: String,
-        params: Vec<(String, String)>,
-        body: Option<String>,
-        expected_signature: String,
-        expected_valid: bool,
-    }
-
-    fn vectors() -> Vec<Vector> {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/twilio_vectors.json"
-        );
-        let text = std::fs::read_to_string(path).expect("read twilio_vectors.json");
-        serde_json::from_str::<File>(&text).expect("parse").vectors
-    }
+    use crate::{
+        auth::test_support::{incoming, mutate_ascii as mutate},
+        secret::Secret,
+    };
 
     fn verifier(tokens: &[&str], base: &str, sids: &[&str]) -> TwilioVerifier {
         TwilioVerifier::new(
@@ -219,7 +199,7 @@ mod tests {
     /// the deployment would configure; the request reaches the edge under another Host.
     #[test]
     fn official_vectors_through_the_verifier() {
-        let vectors = vectors();
+        let vectors = vectors::load();
         assert_eq!(vectors.len(), 37);
         let mut failures = Vec::new();
         for v in &vectors {
@@ -364,20 +344,6 @@ mod tests {
             "{d}"
         );
         assert!(!d.contains("s3cret") && !d.contains(":pw@"), "{d}");
-    }
-
-    /// Printable ASCII one-byte change (keeps the text valid), never a no-op.
-    fn mutate(s: &str, idx: usize, delta: u8) -> String {
-        let mut bytes = s.as_bytes().to_vec();
-        let i = idx % bytes.len();
-        let b = bytes[i];
-        let base = if b.is_ascii_graphic() { b } else { b'a' };
-        let mut n = ((base - 0x21 + delta) % 94) + 0x21;
-        if n == b {
-            n = if n == b'~' { b'!' } else { n + 1 };
-        }
-        bytes[i] = n;
-        String::from_utf8(bytes).unwrap()
     }
 
     proptest! {

@@ -285,40 +285,14 @@ fn whatwg_query(query: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::test_support::mutate_ascii_in_place as mutate;
+    use crate::auth::twilio::vectors::load;
     use crate::secret::Secret;
     use proptest::prelude::*;
-    use serde::Deserialize;
 
     /// A validator over exactly these tokens (no list parsing: tokens may hold commas).
     fn validator(tokens: &[&[u8]]) -> TwilioValidator {
         TwilioValidator::new(tokens.iter().map(|t| Secret::new(*t)).collect())
-    }
-
-    #[derive(Deserialize)]
-    struct File {
-        vectors: Vec<Vector>,
-    }
-
-    #[derive(Deserialize)]
-    struct Vector {
-        id: String,
-        auth_token: String,
-        request_url: String,
-        params: Vec<(String, String)>,
-        body: Option<String>,
-        expected_signature: String,
-        expected_valid: bool,
-    }
-
-    fn load() -> Vec<Vector> {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/twilio_vectors.json"
-        );
-        let text = std::fs::read_to_string(path).expect("read twilio_vectors.json");
-        serde_json::from_str::<File>(&text)
-            .expect("parse twilio_vectors.json")
-            .vectors
     }
 
     #[test]
@@ -409,18 +383,6 @@ mod tests {
             .map(Cow::into_owned)
             .collect();
         assert_eq!(got, ["http://h", "http://h:80"]);
-    }
-
-    fn mutate(bytes: &mut [u8], idx: usize, delta: u8) {
-        let i = idx % bytes.len();
-        // Stay printable ASCII so the result is still a valid &str.
-        let b = bytes[i];
-        let base = if b.is_ascii_graphic() { b } else { b'a' };
-        let mut n = ((base - 0x21 + delta) % 94) + 0x21;
-        if n == b {
-            n = if n == b'~' { b'!' } else { n + 1 };
-        }
-        bytes[i] = n;
     }
 
     fn params() -> Vec<(String, String)> {
