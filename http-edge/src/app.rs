@@ -21,14 +21,20 @@ use axum::{
     routing::{get, post},
 };
 use carrier_ingest::v1::Outcome;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto::Builder, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
 use ingest_core::metrics;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
 };
 use serde_json::json;
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::net::TcpListener;
 use tower::ServiceBuilder;
+use tower::ServiceExt;
 
 use crate::{
     auth::{Incoming, Verifier},
@@ -341,36 +347,70 @@ async fn handle<W: Webhook>(state: &AppState, incoming: Result<Incoming, EdgeErr
     response
 }
 
-/// Serves `router` on `listener` until `shutdown` completes; readiness turns false at once, then
-/// in-flight requests drain for at most `grace`.
+/// Serves `router` on `listener` until `shutdown` completes: readiness turns false at once, the
+/// listener closes, then in-flight requests drain for at most `grace`.
+///
+/// Every connection has a deadline for its request headers (`header_timeout`, which also ends
+/// idle keep-alive connections), so slow or idle clients cannot hold connections forever.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     state: &AppState,
+    header_timeout: Duration,
     grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let draining_flag = state.draining.clone();
-    let draining = Arc::new(Notify::new());
-    let signal = {
-        let draining = draining.clone();
-        async move {
-            shutdown.await;
-            draining_flag.store(true, Ordering::Relaxed);
-            tracing::info!("shutdown: draining in-flight requests");
-            draining.notify_one();
-        }
-    };
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(signal);
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service =
+            router
+                .clone()
+                .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request.map(axum::body::Body::new)
+                });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    state.draining.store(true, Ordering::Relaxed);
+    tracing::info!("shutdown: draining in-flight requests");
     tokio::select! {
-        result = server.into_future() => result,
-        () = async { draining.notified().await; tokio::time::sleep(grace).await } => {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
             tracing::warn!(grace_secs = grace.as_secs(), "shutdown: grace period over, dropping requests still in flight");
-            Ok(())
         }
     }
+    Ok(())
 }

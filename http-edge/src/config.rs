@@ -59,6 +59,10 @@ pub struct EdgeConfig {
     /// Deadline of a whole webhook request, in milliseconds.
     #[arg(long, env = "INGEST_HTTP_REQUEST_TIMEOUT_MS", default_value_t = 8_000)]
     pub http_request_timeout_ms: u64,
+    /// Longest wait for a request's headers (also bounds idle keep-alive connections), in
+    /// milliseconds.
+    #[arg(long, env = "INGEST_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "INGEST_BODY_LIMIT_BYTES", default_value_t = 1024 * 1024)]
     pub body_limit_bytes: usize,

@@ -77,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         listener,
         router,
         &state,
+        std::time::Duration::from_millis(cli.edge.http_header_timeout_ms),
         cli.runtime.grace(),
         server::shutdown_signal(),
     )

@@ -126,3 +126,40 @@ async fn metrics_on_the_admin_listener_count_outcomes() {
     }
     assert!(!text.contains("5559876543"), "no phone numbers in metrics");
 }
+
+#[tokio::test]
+async fn a_client_too_slow_to_send_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let edge = Edge::start(
+        &["--insecure-skip-verify", "--http-header-timeout-ms", "300"],
+        &[],
+    )
+    .await;
+    let addr = edge.base.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /twilio HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "connection still open after the header timeout"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(buf.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    // Well-behaved clients are unaffected.
+    assert_eq!(
+        edge.client
+            .get(edge.url("/livez"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
