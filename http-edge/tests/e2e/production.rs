@@ -234,3 +234,64 @@ async fn webhooks_land_on_sqs_once_with_attributes_via_redis_dedupe() {
         "nothing goes to the local spool in SQS mode"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partly_failed_bandwidth_batch_is_5xx_and_its_retry_lands_each_event_once() {
+    let (_moto, moto_port) = moto();
+    let client = sqs(moto_port).await;
+    let inbound = create(&client, &format!("batch-in-{}", free_port())).await;
+    let status_name = format!("batch-st-{}", free_port());
+    let status = create(&client, &status_name).await;
+    let endpoint = format!("http://127.0.0.1:{moto_port}");
+    let edge = Edge::start(
+        &["--insecure-skip-verify", "--sqs-publish-timeout-ms", "1500"],
+        &[
+            ("INGEST_PUBLISHER", "sqs"),
+            ("INGEST_INBOUND_QUEUE", &inbound),
+            ("INGEST_STATUS_QUEUE", &status),
+            ("AWS_ENDPOINT_URL", &endpoint),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ],
+    )
+    .await;
+    // One call carrying an inbound message and a delivery status.
+    let inbound_event: Value = serde_json::from_str(BANDWIDTH_INBOUND).unwrap();
+    let status_event: Value = serde_json::from_str(BANDWIDTH_DELIVERED).unwrap();
+    let batch = serde_json::json!([inbound_event[0], status_event[0]]).to_string();
+
+    // The status queue disappears: the inbound event is published, the status is not.
+    client
+        .delete_queue()
+        .queue_url(&status)
+        .send()
+        .await
+        .unwrap();
+    let r = edge.post_json("/bandwidth/15551234567", &batch).await;
+    assert!(
+        r.status().is_server_error(),
+        "a partly failed batch must be retried: {}",
+        r.status()
+    );
+
+    // It comes back; the carrier retries the whole call.
+    assert_eq!(create(&client, &status_name).await, status);
+    let r = edge.post_json("/bandwidth/15551234567", &batch).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ingest-outcome"], "accepted");
+
+    let inbound_msgs = drain(&client, &inbound).await;
+    let status_msgs = drain(&client, &status).await;
+    assert_eq!(
+        inbound_msgs.len(),
+        1,
+        "the event taken on the first try is not published twice"
+    );
+    assert_eq!(
+        status_msgs.len(),
+        1,
+        "the failed event is published on the retry"
+    );
+    assert_eq!(status_msgs[0].0["status"]["rawStatus"], "message-delivered");
+}
