@@ -32,9 +32,9 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, histogram::Histogram},
 };
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tower::ServiceBuilder;
-use tower::ServiceExt;
+use tower::{ServiceExt, limit::GlobalConcurrencyLimitLayer};
 
 use crate::{
     auth::{Incoming, Verifier},
@@ -144,7 +144,9 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(overloaded))
                 .load_shed()
-                .concurrency_limit(limits.concurrency)
+                // One semaphore shared by every route: `Router::layer` wraps each route
+                // separately, and a per-route limit would multiply the cap.
+                .layer(GlobalConcurrencyLimitLayer::new(limits.concurrency))
                 .timeout(limits.request_timeout),
         );
     Router::new()
@@ -351,28 +353,36 @@ async fn handle<W: Webhook>(state: &AppState, incoming: Result<Incoming, EdgeErr
 /// listener closes, then in-flight requests drain for at most `grace`.
 ///
 /// Every connection has a deadline for its request headers (`header_timeout`, which also ends
-/// idle keep-alive connections), so slow or idle clients cannot hold connections forever.
+/// idle keep-alive connections), so slow or idle clients cannot hold connections forever, and at
+/// most `max_connections` are open at once.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     state: &AppState,
     header_timeout: Duration,
+    max_connections: usize,
     grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only: carriers and ingress controllers speak it, and HTTP/2 connections would
+    // escape the header-read deadline that bounds idle and slow connections.
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(max_connections.max(1)));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // At the connection cap, stop accepting (the kernel backlog holds the rest).
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -401,6 +411,7 @@ pub async fn serve(
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);

@@ -63,6 +63,9 @@ pub struct EdgeConfig {
     /// milliseconds.
     #[arg(long, env = "INGEST_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub http_header_timeout_ms: u64,
+    /// Most open HTTP connections; past it the listener stops accepting until one closes.
+    #[arg(long, env = "INGEST_HTTP_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub http_max_connections: usize,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "INGEST_BODY_LIMIT_BYTES", default_value_t = 1024 * 1024)]
     pub body_limit_bytes: usize,

@@ -49,17 +49,18 @@ pub enum EdgeError {
     },
 }
 
-/// The HTTP status for a gRPC code from the core: one table, no catch-all. Anything that is not
-/// the caller's fault is a 5xx, so the carrier retries.
+/// The HTTP status for a failed core call's gRPC code: one table, no catch-all. Anything that is
+/// not the caller's fault is a 5xx, so the carrier retries.
 pub fn http_status_for(code: Code) -> StatusCode {
     match code {
-        Code::Ok => StatusCode::OK,
         Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
         Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         Code::Unavailable | Code::ResourceExhausted | Code::Aborted | Code::Cancelled => {
             StatusCode::SERVICE_UNAVAILABLE
         }
-        Code::Unknown
+        // An error that claims OK is a broken reply: never a 2xx for an event not known durable.
+        Code::Ok
+        | Code::Unknown
         | Code::NotFound
         | Code::AlreadyExists
         | Code::PermissionDenied
@@ -166,7 +167,7 @@ mod tests {
             let status = http_status_for(code);
             let caller_fault = matches!(code, Code::InvalidArgument | Code::OutOfRange);
             assert_eq!(status.is_client_error(), caller_fault, "{code:?}");
-            if !caller_fault && code != Code::Ok {
+            if !caller_fault {
                 assert!(
                     status.is_server_error(),
                     "{code:?} must make carriers retry"

@@ -78,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         router,
         &state,
         std::time::Duration::from_millis(cli.edge.http_header_timeout_ms),
+        cli.edge.http_max_connections,
         cli.runtime.grace(),
         server::shutdown_signal(),
     )

@@ -36,19 +36,22 @@ impl RedisUrl {
     }
 }
 
+impl RedisUrl {
+    /// Whether the URL has a scheme the Redis client takes.
+    pub fn is_valid(&self) -> bool {
+        ["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|scheme| self.0.starts_with(scheme) && self.0.len() > scheme.len())
+    }
+}
+
+/// Parsing never fails, so that clap never echoes a URL (which may hold a password) in an
+/// error; [`CoreConfig::problems`] reports an invalid one without its value.
 impl FromStr for RedisUrl {
-    type Err = String;
+    type Err = std::convert::Infallible;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
-            .iter()
-            .any(|scheme| s.starts_with(scheme) && s.len() > scheme.len());
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err("must be a redis://, rediss:// or unix:// URL".to_owned())
-        }
+        Ok(Self(s.trim().to_owned()))
     }
 }
 
@@ -96,7 +99,7 @@ pub struct CoreConfig {
     #[arg(long, env = "INGEST_DEDUPE_CAPACITY", default_value_t = 1_000_000)]
     pub dedupe_capacity: usize,
     /// Redis URL for `--dedupe redis`, e.g. `redis://:password@host:6379/0`. Never logged.
-    #[arg(long, env = "INGEST_REDIS_URL")]
+    #[arg(long, env = "INGEST_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<RedisUrl>,
     /// Prefix of every Redis key; the event id follows it.
     #[arg(
@@ -188,8 +191,15 @@ impl CoreConfig {
             self.sqs_problems(&mut problems);
         }
         if self.dedupe == DedupeKind::Redis {
-            if self.redis_url.is_none() {
-                problems.push("--dedupe redis needs --redis-url (INGEST_REDIS_URL)".to_owned());
+            match &self.redis_url {
+                None => {
+                    problems.push("--dedupe redis needs --redis-url (INGEST_REDIS_URL)".to_owned());
+                }
+                Some(url) if !url.is_valid() => problems.push(
+                    "--redis-url must be a redis://, rediss:// or unix:// URL (value not shown)"
+                        .to_owned(),
+                ),
+                Some(_) => {}
             }
             if self.redis_key_prefix.is_empty() {
                 problems.push("--redis-key-prefix must not be empty".to_owned());
@@ -489,7 +499,13 @@ mod tests {
             problems,
             ["--dedupe redis needs --redis-url (INGEST_REDIS_URL)"]
         );
-        assert!(Args::try_parse_from(["core", "--redis-url=http://x"]).is_err());
+        // An invalid URL is reported without its value (it may hold a password).
+        let bad = parse(&["--dedupe=redis", "--redis-url=http://:pw-s3cret@x"]).problems();
+        assert_eq!(bad.len(), 1);
+        assert!(
+            bad[0].contains("value not shown") && !bad[0].contains("s3cret"),
+            "{bad:?}"
+        );
         let c = parse(&[
             "--dedupe=redis",
             "--redis-url=redis://user:s3cret@cache.internal:6379/2?x=1",

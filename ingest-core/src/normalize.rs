@@ -71,6 +71,13 @@ pub fn time(raw: &str) -> Result<String, NormalizeError> {
         t.with_timezone(&Utc)
     } else if let Ok(t) = NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S%.f") {
         t.and_utc()
+    } else if let Ok(t) = DateTime::parse_from_str(raw, "%Y-%m-%d %H:%M:%S%.f%#z") {
+        // A space instead of the `T`, as SQL-ish systems write it.
+        t.with_timezone(&Utc)
+    } else if let Ok(t) =
+        NaiveDateTime::parse_from_str(raw.trim_end_matches('Z'), "%Y-%m-%d %H:%M:%S%.f")
+    {
+        t.and_utc()
     } else if raw.len() == 10 && raw.bytes().all(|b| b.is_ascii_digit()) {
         NaiveDateTime::parse_from_str(raw, "%y%m%d%H%M")
             .map_err(|_| NormalizeError::BadTime)?
@@ -183,6 +190,15 @@ mod tests {
         );
         assert_eq!(time("2024-01-15T10:30:00").unwrap(), "2024-01-15T10:30:00Z");
         assert_eq!(time("2401151030").unwrap(), "2024-01-15T10:30:00Z");
+        assert_eq!(time("2024-01-15 10:30:00").unwrap(), "2024-01-15T10:30:00Z");
+        assert_eq!(
+            time("2024-01-15 10:30:00Z").unwrap(),
+            "2024-01-15T10:30:00Z"
+        );
+        assert_eq!(
+            time("2024-01-15 12:30:00+02:00").unwrap(),
+            "2024-01-15T10:30:00Z"
+        );
         assert_eq!(time("").unwrap(), "");
         assert_eq!(time("yesterday"), Err(NormalizeError::BadTime));
         assert_eq!(time("2499999999"), Err(NormalizeError::BadTime));

@@ -79,8 +79,11 @@ impl PublicUrl {
         } else {
             Forwarded::default()
         };
+        // A configured base URL wins: forwarding headers can carry what a client wrote, and
+        // must not re-point a signature at another host that shares the token.
         let origin = match (&forwarded.host, &self.base, &forwarded.proto) {
-            (Some(host), _, proto) => {
+            (_, Some(base), _) => base.clone(),
+            (Some(host), None, proto) => {
                 let scheme = proto
                     .as_deref()
                     .or_else(|| {
@@ -92,7 +95,6 @@ impl PublicUrl {
                     .unwrap_or("http");
                 format!("{scheme}://{host}")
             }
-            (None, Some(base), _) => base.clone(),
             (None, None, proto) => {
                 let host = request_host(incoming).ok_or(AuthError::Missing(
                     "no Host header to rebuild the signed URL",
@@ -200,8 +202,9 @@ struct Forwarded {
 }
 
 impl Forwarded {
-    /// `Forwarded` (RFC 7239) first, `X-Forwarded-*` for what it leaves out; in each, the first
-    /// (leftmost) entry, which describes the request as the outermost proxy received it.
+    /// `Forwarded` (RFC 7239) first, `X-Forwarded-*` for what it leaves out; in each, the last
+    /// (rightmost) entry: the one the trusted proxy in front of us appended. Earlier entries are
+    /// whatever the client sent.
     fn from_headers(incoming: &Incoming) -> Self {
         let mut out = incoming
             .header("forwarded")
@@ -210,12 +213,12 @@ impl Forwarded {
         if out.proto.is_none() {
             out.proto = incoming
                 .header("x-forwarded-proto")
-                .and_then(|v| valid_proto(first_item(v)));
+                .and_then(|v| valid_proto(last_item(v)));
         }
         if out.host.is_none() {
             out.host = incoming
                 .header("x-forwarded-host")
-                .map(first_item)
+                .map(last_item)
                 .filter(|h| valid_host(h))
                 .map(str::to_owned);
         }
@@ -223,8 +226,8 @@ impl Forwarded {
     }
 }
 
-fn first_item(value: &str) -> &str {
-    value.split(',').next().unwrap_or("").trim()
+fn last_item(value: &str) -> &str {
+    value.rsplit(',').next().unwrap_or("").trim()
 }
 
 fn valid_proto(proto: &str) -> Option<String> {
@@ -241,7 +244,7 @@ fn valid_host(host: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b'?' | b'#' | b'@' | b'\\' | b','))
 }
 
-/// The `proto` and `host` of the first element of a `Forwarded` header. Values may be quoted
+/// The `proto` and `host` of the last element of a `Forwarded` header. Values may be quoted
 /// strings (required for `host="example.com:8443"`); commas and semicolons inside quotes do not
 /// split.
 fn parse_forwarded(value: &str) -> Forwarded {
@@ -266,7 +269,11 @@ fn parse_forwarded(value: &str) -> Forwarded {
         match c {
             '"' => quoted = true,
             ';' => pairs.push(std::mem::take(&mut current)),
-            ',' => break,
+            ',' => {
+                // A new element: only the last one counts.
+                pairs.clear();
+                current.clear();
+            }
             _ => current.push(c),
         }
     }
@@ -320,17 +327,24 @@ mod tests {
 
     #[test]
     fn forwarding_headers_only_from_trusted_peers() {
+        // The client wrote the first entry; the trusted proxy appended the last.
         let headers = [
             ("host", "edge.internal:8080"),
-            ("x-forwarded-proto", "https"),
-            ("x-forwarded-host", "public.example.com, inner.example"),
+            ("x-forwarded-proto", "http, https"),
+            ("x-forwarded-host", "spoofed.example, public.example.com"),
         ];
-        let p = PublicUrl::new(
+        let with_base = PublicUrl::new(
             Some("https://hooks.example.com"),
             Some("10.0.0.0/8, 192.168.1.1"),
         )
         .unwrap();
+        // A configured base URL wins over any forwarding header.
         let trusted = from("10.1.2.3:5", "/twilio?x=1", &headers);
+        assert_eq!(
+            with_base.url_for(&trusted).unwrap(),
+            "https://hooks.example.com/twilio?x=1"
+        );
+        let p = PublicUrl::new(None, Some("10.0.0.0/8, 192.168.1.1")).unwrap();
         assert_eq!(
             p.url_for(&trusted).unwrap(),
             "https://public.example.com/twilio?x=1"
@@ -342,7 +356,7 @@ mod tests {
         );
         let untrusted = from("172.16.0.1:5", "/twilio?x=1", &headers);
         assert_eq!(
-            p.url_for(&untrusted).unwrap(),
+            with_base.url_for(&untrusted).unwrap(),
             "https://hooks.example.com/twilio?x=1"
         );
         // No base: the untrusted peer gets the Host header over http, whatever it claims.
@@ -367,7 +381,7 @@ mod tests {
     }
 
     #[test]
-    fn rfc7239_forwarded_wins_and_is_parsed_with_quotes() {
+    fn rfc7239_forwarded_last_element_wins_and_is_parsed_with_quotes() {
         let p = PublicUrl::new(None, Some("127.0.0.1")).unwrap();
         let req = from(
             "127.0.0.1:5",
@@ -376,7 +390,7 @@ mod tests {
                 ("host", "edge"),
                 (
                     "forwarded",
-                    r#"for=1.2.3.4;proto=https;host="pub.example.com:8443", for=5.6.7.8;host=inner"#,
+                    r#"for=1.2.3.4;host=spoofed.example, for=5.6.7.8;proto=https;host="pub.example.com:8443""#,
                 ),
                 ("x-forwarded-host", "ignored.example"),
             ],

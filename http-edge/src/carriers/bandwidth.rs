@@ -125,6 +125,7 @@ fn convert(i: usize, event: BwEvent, destination: &str) -> Result<Event, EdgeErr
             media: m
                 .media
                 .into_iter()
+                .filter(|url| !url.trim().is_empty())
                 .map(|url| Media {
                     url,
                     ..Default::default()

@@ -123,13 +123,18 @@ impl Webhook for Inteliquent {
                 from: p.from.unwrap_or_default(),
                 to: p.to,
                 text: p.text.unwrap_or_default(),
+                // `attachments[].url` is optional in Inteliquent's contract: an attachment
+                // without one cannot be fetched, but must not cost the message its delivery.
                 media: p
                     .attachments
                     .into_iter()
-                    .map(|a| Media {
-                        url: a.url.unwrap_or_default(),
-                        content_type: a.content_type.unwrap_or_default(),
-                        size_bytes: a.size,
+                    .filter_map(|a| {
+                        let url = a.url.filter(|u| !u.trim().is_empty())?;
+                        Some(Media {
+                            url,
+                            content_type: a.content_type.unwrap_or_default(),
+                            size_bytes: a.size,
+                        })
                     })
                     .collect(),
                 carrier_time: p.timestamp.unwrap_or_default(),

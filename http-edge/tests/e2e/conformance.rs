@@ -271,3 +271,16 @@ async fn inteliquent_short_code_and_statuses() {
         assert_eq!(all.last().unwrap()["status"]["status"], want);
     }
 }
+
+#[tokio::test]
+async fn attachments_without_a_url_and_space_separated_times_do_not_cost_the_message() {
+    let edge = Edge::dev().await;
+    let mms = r#"{"messageId":"iq-att-1","type":"mms","from":"+15559876543","to":"+15551234567","text":"see photo","timestamp":"2024-01-15 10:30:00","attachments":[{"contentType":"image/jpeg","size":1},{"url":"https://media.inteliquent.com/a.jpg","contentType":"image/jpeg"}]}"#;
+    let (code, body) = json_reply(edge.post_json("/webhooks/inteliquent", mms).await).await;
+    assert_eq!(code, 200, "{body}");
+    let m = &edge.spooled("inbound")[0]["inbound"];
+    assert_eq!(m["text"], "see photo");
+    assert_eq!(m["carrierTime"], "2024-01-15T10:30:00Z");
+    assert_eq!(m["media"].as_array().unwrap().len(), 1);
+    assert_eq!(m["media"][0]["url"], "https://media.inteliquent.com/a.jpg");
+}

@@ -163,3 +163,77 @@ async fn a_client_too_slow_to_send_headers_is_disconnected() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_limit_is_shared_by_every_route_and_sheds_with_503() {
+    // A "core" that accepts connections and never answers.
+    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let core = format!("http://{}", blackhole.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in blackhole.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_http-edge"))
+        .args([
+            "--insecure-skip-verify",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--core-url", &core, "--core-timeout-ms", "3000"])
+        .args(["--http-concurrency-limit", "1"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env_clear()
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if client.get(format!("{base}/livez")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let stuck = tokio::spawn({
+        let client = client.clone();
+        let url = format!("{base}/twilio");
+        async move {
+            client
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("MessageSid=SM1&AccountSid=AC1&From=%2B15559876543&To=%2B15551234567")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // A different route: shed at once, not queued behind the stuck call.
+    let started = std::time::Instant::now();
+    let r = client
+        .post(format!("{base}/webhooks/inteliquent"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_reply(r).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "unavailable");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "shed, not queued"
+    );
+    assert!(
+        stuck.await.unwrap().is_server_error(),
+        "the stuck call ends in a 5xx"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

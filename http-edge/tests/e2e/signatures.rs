@@ -292,8 +292,26 @@ async fn twilio_behind_a_trusted_proxy_uses_forwarded_host() {
         &[401],
         0,
     );
-    assert_eq!(post(&forwarded, FORM).await, 200);
+    // A leftmost entry is what the client wrote; only the proxy's own (last) entry counts.
+    let spoofed_first = [
+        forwarded[0],
+        forwarded[1],
+        ("x-forwarded-host", "other.example.org, public.example.org"),
+    ];
+    assert_eq!(post(&spoofed_first, FORM).await, 200);
     assert_eq!(edge.spooled_count(), 1);
+    let spoofed_last = [
+        forwarded[0],
+        forwarded[1],
+        ("x-forwarded-host", "public.example.org, other.example.org"),
+    ];
+    rejected(
+        &edge,
+        "proxy's entry names another host",
+        post(&spoofed_last, FORM).await,
+        &[401],
+        1,
+    );
 
     // RFC 7239 Forwarded, too.
     let second = FORM.replace("SMsig1", "SMsig2");
@@ -952,4 +970,47 @@ async fn twilio_get_webhook_signed_over_the_url_alone() {
     assert_eq!(spooled.len(), 1);
     assert_eq!(spooled[0]["inbound"]["carrierMessageId"], "SMsig1");
     assert_eq!(spooled[0]["inbound"]["text"], "Hello there");
+}
+
+#[tokio::test]
+async fn a_configured_public_url_beats_forwarding_headers_even_from_a_trusted_proxy() {
+    let edge = Edge::start(
+        &[
+            "--public-base-url",
+            PUBLIC,
+            "--trusted-proxies",
+            "127.0.0.1,::1",
+        ],
+        &[("INGEST_TWILIO_AUTH_TOKENS", "shared-token")],
+    )
+    .await;
+    // Signed for another app that shares the token (staging, a subaccount), replayed here with
+    // forwarding headers naming that app's host.
+    let elsewhere = twilio_signature("shared-token", "https://other-app.example.net/twilio", FORM);
+    let replay = [
+        ("x-twilio-signature", elsewhere.as_str()),
+        ("forwarded", "host=other-app.example.net;proto=https"),
+        ("x-forwarded-host", "other-app.example.net"),
+    ];
+    let status = send(
+        &edge,
+        reqwest::Method::POST,
+        "/twilio",
+        Some("application/x-www-form-urlencoded"),
+        &replay,
+        FORM,
+    )
+    .await;
+    rejected(&edge, "signature for another host", status, &[401], 0);
+    let ours = twilio_signature("shared-token", &format!("{PUBLIC}/twilio"), FORM);
+    let status = send(
+        &edge,
+        reqwest::Method::POST,
+        "/twilio",
+        Some("application/x-www-form-urlencoded"),
+        &[("x-twilio-signature", ours.as_str()), replay[1], replay[2]],
+        FORM,
+    )
+    .await;
+    assert_eq!(status, 200);
 }

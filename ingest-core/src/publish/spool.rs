@@ -47,19 +47,21 @@ impl Spool {
     }
 
     fn writer(&self, queue: &str) -> io::Result<Writer> {
+        // One writer per file: two queue names for the same file (`inbound` and a URL ending in
+        // `/inbound`) must not have two threads appending to it.
+        let stem = file_stem(queue);
         let mut writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = writers.get(queue)
+        if let Some(tx) = writers.get(&stem)
             && !tx.is_closed()
         {
             return Ok(tx.clone());
         }
-        let path = self.path_for(queue);
-        let file = open_repaired(&path)?;
+        let file = open_repaired(&self.path_for(queue))?;
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
-            .name(format!("spool-{}", file_stem(queue)))
+            .name(format!("spool-{stem}"))
             .spawn(move || write_loop(file, rx))?;
-        writers.insert(queue.to_owned(), tx.clone());
+        writers.insert(stem, tx.clone());
         Ok(tx)
     }
 }
@@ -124,7 +126,31 @@ fn end_of_last_line(file: &mut File, len: u64) -> io::Result<u64> {
     Ok(0)
 }
 
-fn write_loop(mut file: File, mut rx: mpsc::UnboundedReceiver<(Vec<u8>, Reply)>) {
+/// The file operations the writer needs; a trait so tests can make them fail or stall.
+trait SpoolFile: Write {
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Makes written bytes durable.
+    fn sync(&mut self) -> io::Result<()>;
+    /// Cuts the file back to `len` bytes.
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
+}
+
+impl SpoolFile for File {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.set_len(len)
+    }
+}
+
+fn write_loop<F: SpoolFile>(mut file: F, mut rx: mpsc::UnboundedReceiver<(Vec<u8>, Reply)>) {
     let mut buf = Vec::new();
     let mut replies = Vec::new();
     while let Some((line, reply)) = rx.blocking_recv() {
@@ -147,12 +173,12 @@ fn write_loop(mut file: File, mut rx: mpsc::UnboundedReceiver<(Vec<u8>, Reply)>)
     }
 }
 
-fn append_durably(file: &mut File, bytes: &[u8]) -> io::Result<()> {
-    let before = file.metadata()?.len();
-    let result = file.write_all(bytes).and_then(|()| file.sync_data());
+fn append_durably<F: SpoolFile>(file: &mut F, bytes: &[u8]) -> io::Result<()> {
+    let before = file.len()?;
+    let result = file.write_all(bytes).and_then(|()| file.sync());
     if result.is_err() {
         // Leave no partial line behind for the next group to append to.
-        let _ = file.set_len(before);
+        let _ = file.truncate(before);
     }
     result
 }
@@ -235,6 +261,87 @@ mod tests {
         spool.publish("status", &event("x")).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "{\"a\":1}\n{\"eventId\":\"x\"}\n");
+    }
+
+    /// An in-memory file whose every sync waits for the test to say how it ends.
+    struct GatedFile {
+        data: Arc<std::sync::Mutex<Vec<u8>>>,
+        gate: std::sync::mpsc::Receiver<io::Result<()>>,
+    }
+
+    impl Write for GatedFile {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.data.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl SpoolFile for GatedFile {
+        fn len(&self) -> io::Result<u64> {
+            Ok(self.data.lock().unwrap().len() as u64)
+        }
+
+        fn sync(&mut self) -> io::Result<()> {
+            self.gate.recv().expect("test hung up")
+        }
+
+        fn truncate(&mut self, len: u64) -> io::Result<()> {
+            self.data.lock().unwrap().truncate(len as usize);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_wait_for_the_sync_and_a_failed_sync_is_an_error_with_nothing_kept() {
+        let data = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (open_gate, gate) = std::sync::mpsc::channel();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let file = GatedFile {
+            data: data.clone(),
+            gate,
+        };
+        std::thread::spawn(move || write_loop(file, rx));
+
+        let (reply, mut done) = oneshot::channel();
+        tx.send((b"one\n".to_vec(), reply)).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            done.try_recv().is_err(),
+            "acknowledged before the sync finished"
+        );
+        open_gate.send(Ok(())).unwrap();
+        assert!(done.await.unwrap().is_ok());
+
+        let (reply, done) = oneshot::channel();
+        tx.send((b"two\n".to_vec(), reply)).unwrap();
+        open_gate.send(Err(io::Error::other("disk gone"))).unwrap();
+        assert!(
+            done.await.unwrap().is_err(),
+            "a failed sync must fail the publish"
+        );
+        assert_eq!(
+            *data.lock().unwrap(),
+            b"one\n",
+            "the unsynced line is cut off"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_writer_per_file_even_under_two_queue_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        spool.publish("inbound", &event("a")).await.unwrap();
+        spool
+            .publish("https://sqs.example/123/inbound", &event("b"))
+            .await
+            .unwrap();
+        assert_eq!(spool.writers.lock().unwrap().len(), 1);
+        let text = std::fs::read_to_string(spool.path_for("inbound")).unwrap();
+        assert_eq!(text.lines().count(), 2);
     }
 
     #[test]

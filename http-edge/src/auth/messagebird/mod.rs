@@ -111,6 +111,13 @@ impl MessageBirdVerifier {
     }
 
     fn body_hmac(&self, incoming: &Incoming, signature: &str) -> Result<(), AuthError> {
+        // The `sha256=` form signs the body alone. A GET (or an empty body) carries its event in
+        // the unsigned query, so one signature of "" would vouch for any event: refuse it.
+        if incoming.method == http::Method::GET || incoming.body.is_empty() {
+            return Err(AuthError::Invalid(
+                "MessageBird-Signature sha256= signs only a body; this call has none",
+            ));
+        }
         if hmac_body::verify_hmac_sha256_body(&self.keys.exposed(), &incoming.body, signature) {
             Ok(())
         } else {
@@ -433,6 +440,30 @@ mod tests {
         assert!(only(MessageBirdScheme::Legacy).verify(&legacy).is_ok());
         assert!(only(MessageBirdScheme::Legacy).verify(&jwt).is_err());
         assert!(only(MessageBirdScheme::Legacy).verify(&generic).is_err());
+
+        // The body-only form cannot vouch for a GET (its event is in the unsigned query) or an
+        // empty body, even with the right signature of that empty body.
+        let empty_sig = sign_hmac_sha256_body(KEY.as_bytes(), b"");
+        for (method, target) in [
+            (
+                Method::GET,
+                "/messagebird?id=forged&recipient=31612345678&body=FORGED",
+            ),
+            (Method::POST, "/messagebird?id=forged&recipient=31612345678"),
+        ] {
+            let forged = request(
+                method,
+                target,
+                &[("messagebird-signature", &empty_sig)],
+                b"",
+            );
+            assert_eq!(
+                any(&[KEY]).verify(&forged).unwrap_err(),
+                AuthError::Invalid(
+                    "MessageBird-Signature sha256= signs only a body; this call has none"
+                )
+            );
+        }
 
         // Freshness: ±max_age for legacy, leeway for the JWT.
         for (ts, ok) in [
