@@ -539,7 +539,10 @@ mod tests {
             match what {
                 0 => bad.body = Bytes::from(mutate(body, idx, delta)),
                 1 => {
-                    let s = mutate(good.header(sig_header).unwrap(), idx, delta);
+                    let original = good.header(sig_header).unwrap();
+                    let s = mutate(original, idx, delta);
+                    // Hex is read in either letter case: a case flip is the same signature.
+                    prop_assume!(scheme != 2 || !s.eq_ignore_ascii_case(original));
                     bad.headers.insert(sig_header, s.parse().unwrap());
                 }
                 2 => {
