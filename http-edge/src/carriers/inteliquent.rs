@@ -1,32 +1,19 @@
 //! Inteliquent: JSON SMS, MMS (with attachments) and delivery receipts. Field validation
 //! failures answer 422, as Inteliquent's contract says.
 
-use axum::{
-    Json,
-    http::StatusCode,
-    response::{IntoResponse, Response},
-};
+use axum::{http::StatusCode, response::Response};
 use carrier_ingest::v1::{
     Carrier, CarrierContext, DeliveryStatus, InboundMessage, Media, SubmitReply, batch_event::Event,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{
-    Webhook, extras, json_body, message_id, opt_string, require_content_type, string_list,
+    Webhook, accepted_with_id, extras, json_body, opt_string, require_content_type, string_list,
 };
 use crate::{
     auth::Verified,
     error::{EdgeError, FieldViolation},
 };
-
-/// The success body, fields in the spec's order.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Accepted<'a> {
-    success: bool,
-    message_id: &'a str,
-    status: &'static str,
-}
 
 /// The Inteliquent webhook.
 #[derive(Debug, Clone, Copy)]
@@ -149,12 +136,6 @@ impl Webhook for Inteliquent {
     }
 
     fn accepted(events: &[Event], _replies: &[SubmitReply]) -> Response {
-        let id = events.first().map(message_id).unwrap_or_default();
-        Json(Accepted {
-            success: true,
-            message_id: id,
-            status: "accepted",
-        })
-        .into_response()
+        accepted_with_id(events, Some("accepted"))
     }
 }

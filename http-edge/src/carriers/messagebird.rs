@@ -1,25 +1,16 @@
 //! MessageBird: JSON POST webhooks, and the legacy GET webhooks with query parameters.
 
-use axum::{
-    Json,
-    response::{IntoResponse, Response},
-};
+use axum::response::Response;
 use carrier_ingest::v1::{
     Carrier, CarrierContext, DeliveryStatus, InboundMessage, SubmitReply, batch_event::Event,
 };
 use http::Method;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::{Webhook, extras, invalid, json_body, message_id, opt_string, require_content_type};
+use super::{
+    Webhook, accepted_with_id, extras, invalid, json_body, opt_string, require_content_type,
+};
 use crate::{auth::Verified, error::EdgeError};
-
-/// The success body, fields in the spec's order.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Accepted<'a> {
-    success: bool,
-    message_id: &'a str,
-}
 
 /// The MessageBird webhook.
 #[derive(Debug, Clone, Copy)]
@@ -110,11 +101,6 @@ impl Webhook for MessageBird {
     }
 
     fn accepted(events: &[Event], _replies: &[SubmitReply]) -> Response {
-        let id = events.first().map(message_id).unwrap_or_default();
-        Json(Accepted {
-            success: true,
-            message_id: id,
-        })
-        .into_response()
+        accepted_with_id(events, None)
     }
 }

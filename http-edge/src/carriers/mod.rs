@@ -8,9 +8,10 @@ pub mod twilio;
 
 use std::collections::HashMap;
 
+use axum::{Json, response::IntoResponse};
 use axum::{http::StatusCode, response::Response};
 use carrier_ingest::v1::{SubmitReply, batch_event::Event};
-use serde::{Deserialize, Deserializer, de::Error as _};
+use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
 
 use crate::{
     auth::{Incoming, Verified},
@@ -38,6 +39,25 @@ pub fn message_id(event: &Event) -> &str {
         Event::Inbound(m) => &m.carrier_message_id,
         Event::Status(s) => &s.carrier_message_id,
     }
+}
+
+/// The JSON success body `{"success":true,"messageId":…[,"status":…]}` with the first event's
+/// carrier message id, fields in the spec's order (MessageBird, Inteliquent).
+pub fn accepted_with_id(events: &[Event], status: Option<&'static str>) -> Response {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Accepted<'a> {
+        success: bool,
+        message_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        status: Option<&'static str>,
+    }
+    Json(Accepted {
+        success: true,
+        message_id: events.first().map(message_id).unwrap_or_default(),
+        status,
+    })
+    .into_response()
 }
 
 /// Fails unless the body's media type (parameters ignored) is `expected`.

@@ -34,13 +34,28 @@ impl Edge {
 
     /// Edge + embedded core with the given extra flags and environment.
     pub(crate) async fn start(args: &[&str], env: &[(&str, &str)]) -> Edge {
+        Edge::launch(args, env, "/readyz", true).await
+    }
+
+    /// The edge alone, calling the core at `core_url` (verification off), once it is live.
+    pub(crate) async fn without_core(core_url: &str, args: &[&str]) -> Edge {
+        let mut all = vec!["--insecure-skip-verify", "--core-url", core_url];
+        all.extend_from_slice(args);
+        Edge::launch(&all, &[], "/livez", false).await
+    }
+
+    /// Starts the binary (with the core embedded or not) and waits for `probe` to answer 200.
+    async fn launch(args: &[&str], env: &[(&str, &str)], probe: &str, embedded: bool) -> Edge {
         for attempt in 0..3 {
             let data = tempfile::tempdir().unwrap();
             let http = free_port();
             let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let log = std::fs::File::create(data.path().join("edge.log")).unwrap();
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_http-edge"));
-            cmd.args(["--embedded-core", "--listen", &format!("127.0.0.1:{http}")])
+            if embedded {
+                cmd.arg("--embedded-core");
+            }
+            cmd.args(["--listen", &format!("127.0.0.1:{http}")])
                 .args(["--grpc-listen", &grpc.to_string()])
                 .arg("--data-dir")
                 .arg(data.path().join("spool"))
@@ -58,7 +73,7 @@ impl Edge {
                 data,
                 client: reqwest::Client::new(),
             };
-            if edge.wait_ready(Duration::from_secs(15)).await {
+            if edge.wait_for(probe, Duration::from_secs(15)).await {
                 return edge;
             }
             eprintln!(
@@ -69,7 +84,7 @@ impl Edge {
         panic!("http-edge never became ready");
     }
 
-    async fn wait_ready(&mut self, within: Duration) -> bool {
+    async fn wait_for(&mut self, probe: &str, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut()
@@ -77,7 +92,7 @@ impl Edge {
             {
                 return false;
             }
-            if let Ok(r) = self.client.get(self.url("/readyz")).send().await
+            if let Ok(r) = self.client.get(self.url(probe)).send().await
                 && r.status() == 200
             {
                 return true;

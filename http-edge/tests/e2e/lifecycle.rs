@@ -1,7 +1,5 @@
 //! Durability across SIGKILL, graceful SIGTERM, and a core that cannot be reached.
 
-use std::process::{Command, Stdio};
-
 use crate::{
     harness::{Edge, free_port, json_reply},
     spec::BANDWIDTH_INBOUND,
@@ -36,51 +34,17 @@ async fn sigterm_drains_and_exits_cleanly() {
 
 #[tokio::test]
 async fn core_unreachable_is_503_and_not_ready() {
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port();
     let dead_core = format!("http://127.0.0.1:{}", free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_http-edge"))
-        .args([
-            "--insecure-skip-verify",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args(["--core-url", &dead_core, "--core-timeout-ms", "1000"])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env_clear()
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut live = false;
-    for _ in 0..100 {
-        if let Ok(r) = client.get(format!("{base}/livez")).send().await {
-            live = r.status() == 200;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(live, "edge did not start");
-    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    let edge = Edge::without_core(&dead_core, &["--core-timeout-ms", "1000"]).await;
+    let ready = edge.client.get(edge.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
-    let r = client
-        .post(format!("{base}/bandwidth/1"))
-        .header("content-type", "application/json")
-        .body(BANDWIDTH_INBOUND)
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = json_reply(r).await;
+    let (status, body) = json_reply(edge.post_json("/bandwidth/1", BANDWIDTH_INBOUND).await).await;
     assert!(status == 503 || status == 504, "{status} {body}");
     assert_eq!(body["success"], false);
     assert!(
         !body.to_string().contains("127.0.0.1"),
         "no internals in replies: {body}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[tokio::test]
@@ -175,30 +139,13 @@ async fn the_concurrency_limit_is_shared_by_every_route_and_sheds_with_503() {
             held.push(stream);
         }
     });
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_http-edge"))
-        .args([
-            "--insecure-skip-verify",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args(["--core-url", &core, "--core-timeout-ms", "3000"])
-        .args(["--http-concurrency-limit", "1"])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env_clear()
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if client.get(format!("{base}/livez")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let edge = Edge::without_core(
+        &core,
+        &["--core-timeout-ms", "3000", "--http-concurrency-limit", "1"],
+    )
+    .await;
+    let client = edge.client.clone();
+    let base = edge.base.clone();
     let stuck = tokio::spawn({
         let client = client.clone();
         let url = format!("{base}/twilio");
@@ -234,6 +181,4 @@ async fn the_concurrency_limit_is_shared_by_every_route_and_sheds_with_503() {
         stuck.await.unwrap().is_server_error(),
         "the stuck call ends in a 5xx"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }
