@@ -2,8 +2,10 @@
 //! in-memory store, and they return to Redis once it answers again.
 //!
 //! Events are never rejected for want of dedupe. During an outage each replica dedupes only its
-//! own traffic, so a carrier retry that reaches another replica may be published twice; consumers
-//! absorb that by the stable `event_id`. A lost event could not be recovered.
+//! own traffic, so a carrier retry that reaches another replica *during the outage* may be
+//! published twice; consumers absorb that by the stable `event_id`. A lost event could not be
+//! recovered. When Redis answers again, the ids committed in memory are copied into it before
+//! claims return there, so retries after the outage are duplicates on every replica.
 
 use std::{
     sync::{
@@ -27,7 +29,7 @@ const MEMORY: &str = "m:";
 #[derive(Debug)]
 pub struct FallbackDedupe {
     redis: Arc<RedisDedupe>,
-    memory: MemoryDedupe,
+    memory: Arc<MemoryDedupe>,
     state: Arc<State>,
     probe_every: Duration,
 }
@@ -65,7 +67,7 @@ impl FallbackDedupe {
     pub fn new(redis: RedisDedupe, memory: MemoryDedupe, probe_every: Duration) -> Self {
         Self {
             redis: Arc::new(redis),
-            memory,
+            memory: Arc::new(memory),
             state: Arc::new(State {
                 degraded: AtomicBool::new(false),
                 fallback_claims: AtomicU64::new(0),
@@ -96,13 +98,22 @@ impl FallbackDedupe {
         *last = Instant::now();
         drop(last);
         let redis = self.redis.clone();
+        let memory = self.memory.clone();
         let state = self.state.clone();
         tokio::spawn(async move {
             let _hold = state.last_probe.lock().await;
-            match redis.ping().await {
-                Ok(()) => state.leave_degraded(),
-                Err(error) => tracing::debug!(%error, "dedupe: Redis still unreachable"),
+            if let Err(error) = redis.ping().await {
+                tracing::debug!(%error, "dedupe: Redis still unreachable");
+                return;
             }
+            // Hand over what was published during the outage before claims go back to Redis,
+            // so a retry reaching another replica is still a duplicate; once more after the
+            // switch, for commits that landed in between.
+            if hand_over(&redis, &memory).await.is_err() {
+                return;
+            }
+            state.leave_degraded();
+            let _ = hand_over(&redis, &memory).await;
         });
     }
 
@@ -113,6 +124,24 @@ impl FallbackDedupe {
             Claim::Duplicate => Claim::Duplicate,
         })
     }
+}
+
+/// Copies every id committed in memory into Redis (keeping its remaining time).
+async fn hand_over(redis: &RedisDedupe, memory: &MemoryDedupe) -> Result<(), DedupeError> {
+    let committed = memory.committed();
+    for (id, ttl) in &committed {
+        if let Err(error) = redis.mark_committed(id, *ttl).await {
+            tracing::warn!(%error, "dedupe: handing over in-memory dedupe to Redis failed; will retry");
+            return Err(error);
+        }
+    }
+    if !committed.is_empty() {
+        tracing::info!(
+            events = committed.len(),
+            "dedupe: in-memory dedupe handed over to Redis"
+        );
+    }
+    Ok(())
 }
 
 #[async_trait]

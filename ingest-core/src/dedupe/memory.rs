@@ -59,6 +59,23 @@ impl MemoryDedupe {
         }
     }
 
+    /// Every committed id with the time it has left, for handing over to another store.
+    pub fn committed(&self) -> Vec<(String, Duration)> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.purge_expired(now);
+        inner
+            .entries
+            .iter()
+            .filter_map(|(key, entry)| match entry {
+                Entry::Done { expires } => {
+                    Some((key.clone(), expires.saturating_duration_since(now)))
+                }
+                Entry::Pending { .. } => None,
+            })
+            .collect()
+    }
+
     /// How many ids are claimed or committed.
     pub fn len(&self) -> usize {
         self.lock().entries.len()

@@ -120,6 +120,27 @@ impl RedisDedupe {
             .map(drop)
     }
 
+    /// Records `id` as already published for `ttl`, unless Redis already has an entry for it (a
+    /// live claim of another replica, or a commit). Used to hand over what was deduped in
+    /// memory during an outage.
+    pub async fn mark_committed(&self, id: &str, ttl: Duration) -> Result<(), DedupeError> {
+        let mut conn = self.conn.clone();
+        let key = self.key(id);
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.timed(async move {
+            ::redis::cmd("SET")
+                .arg(&key)
+                .arg(COMMITTED)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async::<Option<String>>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
     async fn timed<T>(
         &self,
         call: impl Future<Output = ::redis::RedisResult<T>>,

@@ -146,6 +146,13 @@ async fn redis_outage_falls_back_to_memory_and_dedupe_resumes() {
         assert_eq!(outcome(&r), Outcome::Accepted);
     }
 
+    // What replica a published during the outage was handed over: a retry that now reaches
+    // replica b is a duplicate, not a second message.
+    let handed_over = submit_inbound(&b.client, inbound(Carrier::Twilio, "SM-during"))
+        .await
+        .expect("retry on the other replica after the outage");
+    assert_eq!(outcome(&handed_over), Outcome::Duplicate);
+
     // Shared again: the same event through both replicas is published once.
     let first = submit_inbound(&a.client, inbound(Carrier::Twilio, "SM-after"))
         .await
