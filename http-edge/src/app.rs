@@ -37,7 +37,7 @@ use tower::ServiceBuilder;
 use tower::{ServiceExt, limit::GlobalConcurrencyLimitLayer};
 
 use crate::{
-    auth::{Incoming, Verifier},
+    auth::Incoming,
     carriers::{
         Webhook, bandwidth::Bandwidth, inteliquent::Inteliquent, message_id,
         messagebird::MessageBird, twilio::Twilio,
@@ -110,15 +110,6 @@ impl AppState {
             core,
             verifiers,
             draining: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    fn verifier(&self, carrier: &str) -> &dyn Verifier {
-        match carrier {
-            "bandwidth" => self.verifiers.bandwidth.as_ref(),
-            "twilio" => self.verifiers.twilio.as_ref(),
-            "messagebird" => self.verifiers.messagebird.as_ref(),
-            _ => self.verifiers.inteliquent.as_ref(),
         }
     }
 }
@@ -282,15 +273,21 @@ async fn handle<W: Webhook>(state: &AppState, incoming: Result<Incoming, EdgeErr
     let started = Instant::now();
     let result = async {
         let incoming = incoming?;
-        let verified = state
-            .verifier(W::NAME)
+        let verified = W::verifier(&state.verifiers)
             .verify(&incoming)
             .inspect_err(|reason| {
                 tracing::info!(carrier = W::NAME, %reason, "webhook rejected: authentication");
             })?;
         let events = W::parse(&verified)?;
-        let replies = state.core.submit(events.clone()).await?;
-        Ok::<_, EdgeError>((events, replies))
+        // What the reply and the log need, taken before the events move into the call.
+        let count = events.len();
+        let first_id = events
+            .first()
+            .map(message_id)
+            .unwrap_or_default()
+            .to_owned();
+        let replies = state.core.submit(events).await?;
+        Ok::<_, EdgeError>((count, first_id, replies))
     }
     .await;
     let elapsed = started.elapsed();
@@ -300,20 +297,20 @@ async fn handle<W: Webhook>(state: &AppState, incoming: Result<Incoming, EdgeErr
         .get_or_create(&CarrierLabels { carrier: W::NAME })
         .observe(elapsed.as_secs_f64());
     let response = match result {
-        Ok((events, replies)) => {
+        Ok((count, first_id, replies)) => {
             let duplicates = replies
                 .iter()
                 .filter(|r| r.outcome == Outcome::Duplicate as i32)
                 .count();
             tracing::info!(
                 carrier = W::NAME,
-                events = events.len(),
+                events = count,
                 duplicates,
-                carrier_message_id = events.first().map(message_id).unwrap_or_default(),
+                carrier_message_id = %first_id,
                 elapsed_ms,
                 "webhook accepted"
             );
-            let mut response = W::accepted(&events, &replies);
+            let mut response = W::accepted(&first_id);
             if let Some(first) = replies.first() {
                 if let Ok(v) = HeaderValue::from_str(&first.event_id) {
                     response.headers_mut().insert("x-ingest-event-id", v);

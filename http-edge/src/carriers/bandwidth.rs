@@ -6,7 +6,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use carrier_ingest::v1::{
-    Carrier, CarrierContext, DeliveryStatus, InboundMessage, Media, SubmitReply, batch_event::Event,
+    Carrier, CarrierContext, DeliveryStatus, InboundMessage, Media, batch_event::Event,
 };
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +14,11 @@ use super::{
     MAX_EVENTS_PER_CALL, Webhook, extras, invalid, json_body, opt_string, parse_count,
     require_content_type, string_list,
 };
-use crate::{auth::Verified, error::EdgeError};
+use crate::{
+    auth::{Verified, Verifier},
+    config::Verifiers,
+    error::EdgeError,
+};
 
 /// The success body, fields in the spec's order.
 #[derive(Debug, Serialize)]
@@ -169,6 +173,10 @@ fn convert(i: usize, event: BwEvent, destination: &str) -> Result<Event, EdgeErr
 impl Webhook for Bandwidth {
     const NAME: &'static str = "bandwidth";
 
+    fn verifier(verifiers: &Verifiers) -> &dyn Verifier {
+        verifiers.bandwidth.as_ref()
+    }
+
     fn parse(request: &Verified<'_>) -> Result<Vec<Event>, EdgeError> {
         let req = request.request();
         require_content_type(req, "application/json")?;
@@ -190,7 +198,7 @@ impl Webhook for Bandwidth {
             .collect()
     }
 
-    fn accepted(_events: &[Event], _replies: &[SubmitReply]) -> Response {
+    fn accepted(_message_id: &str) -> Response {
         Json(Accepted {
             success: true,
             message: "Message received and queued for processing",

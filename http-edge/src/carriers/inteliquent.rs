@@ -3,7 +3,7 @@
 
 use axum::{http::StatusCode, response::Response};
 use carrier_ingest::v1::{
-    Carrier, CarrierContext, DeliveryStatus, InboundMessage, Media, SubmitReply, batch_event::Event,
+    Carrier, CarrierContext, DeliveryStatus, InboundMessage, Media, batch_event::Event,
 };
 use serde::Deserialize;
 
@@ -11,7 +11,8 @@ use super::{
     Webhook, accepted_with_id, extras, json_body, opt_string, require_content_type, string_list,
 };
 use crate::{
-    auth::Verified,
+    auth::{Verified, Verifier},
+    config::Verifiers,
     error::{EdgeError, FieldViolation},
 };
 
@@ -67,6 +68,10 @@ fn required(violations: &mut Vec<FieldViolation>, field: &str, value: Option<&st
 impl Webhook for Inteliquent {
     const NAME: &'static str = "inteliquent";
     const INVALID_STATUS: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
+
+    fn verifier(verifiers: &Verifiers) -> &dyn Verifier {
+        verifiers.inteliquent.as_ref()
+    }
 
     fn parse(request: &Verified<'_>) -> Result<Vec<Event>, EdgeError> {
         let req = request.request();
@@ -135,7 +140,7 @@ impl Webhook for Inteliquent {
         Ok(vec![event])
     }
 
-    fn accepted(events: &[Event], _replies: &[SubmitReply]) -> Response {
-        accepted_with_id(events, Some("accepted"))
+    fn accepted(message_id: &str) -> Response {
+        accepted_with_id(message_id, Some("accepted"))
     }
 }

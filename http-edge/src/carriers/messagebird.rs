@@ -2,7 +2,7 @@
 
 use axum::response::Response;
 use carrier_ingest::v1::{
-    Carrier, CarrierContext, DeliveryStatus, InboundMessage, SubmitReply, batch_event::Event,
+    Carrier, CarrierContext, DeliveryStatus, InboundMessage, batch_event::Event,
 };
 use http::Method;
 use serde::Deserialize;
@@ -10,7 +10,11 @@ use serde::Deserialize;
 use super::{
     Webhook, accepted_with_id, extras, invalid, json_body, opt_string, require_content_type,
 };
-use crate::{auth::Verified, error::EdgeError};
+use crate::{
+    auth::{Verified, Verifier},
+    config::Verifiers,
+    error::EdgeError,
+};
 
 /// The MessageBird webhook.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +51,10 @@ struct MbPayload {
 
 impl Webhook for MessageBird {
     const NAME: &'static str = "messagebird";
+
+    fn verifier(verifiers: &Verifiers) -> &dyn Verifier {
+        verifiers.messagebird.as_ref()
+    }
 
     fn parse(request: &Verified<'_>) -> Result<Vec<Event>, EdgeError> {
         let req = request.request();
@@ -100,7 +108,7 @@ impl Webhook for MessageBird {
         Ok(vec![event])
     }
 
-    fn accepted(events: &[Event], _replies: &[SubmitReply]) -> Response {
-        accepted_with_id(events, None)
+    fn accepted(message_id: &str) -> Response {
+        accepted_with_id(message_id, None)
     }
 }

@@ -10,11 +10,12 @@ use std::collections::HashMap;
 
 use axum::{Json, response::IntoResponse};
 use axum::{http::StatusCode, response::Response};
-use carrier_ingest::v1::{SubmitReply, batch_event::Event};
+use carrier_ingest::v1::batch_event::Event;
 use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
 
 use crate::{
-    auth::{Incoming, Verified},
+    auth::{Incoming, Verified, Verifier},
+    config::Verifiers,
     error::{EdgeError, FieldViolation},
 };
 
@@ -27,10 +28,13 @@ pub trait Webhook: Send + Sync + 'static {
     const NAME: &'static str;
     /// Status for a well-formed body with invalid fields.
     const INVALID_STATUS: StatusCode = StatusCode::BAD_REQUEST;
+    /// This carrier's verifier.
+    fn verifier(verifiers: &Verifiers) -> &dyn Verifier;
     /// Turns a verified call into events (at least one).
     fn parse(request: &Verified<'_>) -> Result<Vec<Event>, EdgeError>;
-    /// The success reply the carrier expects, once every event is durable.
-    fn accepted(events: &[Event], replies: &[SubmitReply]) -> Response;
+    /// The success reply the carrier expects, once every event is durable; `message_id` is the
+    /// carrier message id of the call's first event.
+    fn accepted(message_id: &str) -> Response;
 }
 
 /// The carrier message id of an event, for replies and logs.
@@ -41,9 +45,9 @@ pub fn message_id(event: &Event) -> &str {
     }
 }
 
-/// The JSON success body `{"success":true,"messageId":…[,"status":…]}` with the first event's
-/// carrier message id, fields in the spec's order (MessageBird, Inteliquent).
-pub fn accepted_with_id(events: &[Event], status: Option<&'static str>) -> Response {
+/// The JSON success body `{"success":true,"messageId":…[,"status":…]}`, fields in the spec's
+/// order (MessageBird, Inteliquent).
+pub fn accepted_with_id(message_id: &str, status: Option<&'static str>) -> Response {
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Accepted<'a> {
@@ -54,7 +58,7 @@ pub fn accepted_with_id(events: &[Event], status: Option<&'static str>) -> Respo
     }
     Json(Accepted {
         success: true,
-        message_id: events.first().map(message_id).unwrap_or_default(),
+        message_id,
         status,
     })
     .into_response()

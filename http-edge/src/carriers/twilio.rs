@@ -8,11 +8,15 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use carrier_ingest::v1::{
-    Carrier, CarrierContext, DeliveryStatus, InboundMessage, Media, SubmitReply, batch_event::Event,
+    Carrier, CarrierContext, DeliveryStatus, InboundMessage, Media, batch_event::Event,
 };
 
 use super::{Webhook, extras, invalid, parse_count, require_content_type};
-use crate::{auth::Verified, error::EdgeError};
+use crate::{
+    auth::{Verified, Verifier},
+    config::Verifiers,
+    error::EdgeError,
+};
 
 /// The empty TwiML document Twilio expects when we have nothing to say.
 pub const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response></Response>";
@@ -32,6 +36,10 @@ pub fn form_params(body: &[u8]) -> Result<Vec<(String, String)>, EdgeError> {
 
 impl Webhook for Twilio {
     const NAME: &'static str = "twilio";
+
+    fn verifier(verifiers: &Verifiers) -> &dyn Verifier {
+        verifiers.twilio.as_ref()
+    }
 
     fn parse(request: &Verified<'_>) -> Result<Vec<Event>, EdgeError> {
         let req = request.request();
@@ -121,7 +129,7 @@ impl Webhook for Twilio {
         Ok(vec![event])
     }
 
-    fn accepted(_events: &[Event], _replies: &[SubmitReply]) -> Response {
+    fn accepted(_message_id: &str) -> Response {
         ([(header::CONTENT_TYPE, "text/xml")], EMPTY_TWIML).into_response()
     }
 }
