@@ -335,18 +335,18 @@ fn status(c: &mut Check<'_>, s: DeliveryStatus) -> Normalized {
 
 impl Normalized {
     /// The envelope and its queue message, stamped with the time of acceptance.
-    pub fn to_outbound(&self) -> OutboundEvent {
+    pub fn into_outbound(self) -> OutboundEvent {
         let envelope = Envelope {
-            event_id: self.event_id.clone(),
+            event_id: self.event_id,
             schema_version: SCHEMA_VERSION,
             received_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-            event: Some(self.event.clone()),
+            event: Some(self.event),
         };
         OutboundEvent {
-            event_id: self.event_id.clone(),
             // Serializing generated types to a String cannot fail (no non-string map keys).
             body: serde_json::to_string(&envelope).unwrap_or_default(),
-            group_id: self.group_id.clone(),
+            event_id: envelope.event_id,
+            group_id: self.group_id,
             carrier: carrier_name(self.carrier),
             kind: self.kind,
             status: status_name(self.status),
@@ -385,7 +385,8 @@ mod tests {
         assert_eq!(m.to, vec!["+15551234567"]);
         assert_eq!(m.carrier_time, "2024-01-15T10:30:00Z");
 
-        let body: serde_json::Value = serde_json::from_str(&n.to_outbound().body).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(&n.clone().into_outbound().body).unwrap();
         assert_eq!(body["eventId"], n.event_id.as_str());
         assert_eq!(body["inbound"]["from"], "+15559876543");
         assert_eq!(body["schemaVersion"], 1);

@@ -135,16 +135,6 @@ pub fn status(carrier: Carrier, raw: &str) -> MessageStatus {
     }
 }
 
-/// The address with all but its last four characters masked, for logs.
-pub fn redact(address: &str) -> String {
-    let n = address.chars().count();
-    if n <= 4 {
-        return "*".repeat(n);
-    }
-    let tail: String = address.chars().skip(n - 4).collect();
-    format!("{}{tail}", "*".repeat(n - 4))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,12 +213,6 @@ mod tests {
         for (carrier, raw, want) in table {
             assert_eq!(status(carrier, raw), want, "{carrier:?} {raw}");
         }
-    }
-
-    #[test]
-    fn redaction_keeps_only_the_tail() {
-        assert_eq!(redact("+15551234567"), "********4567");
-        assert_eq!(redact("123"), "***");
     }
 
     proptest! {

@@ -175,12 +175,13 @@ impl Pipeline {
     }
 
     async fn process(&self, event: Normalized) -> Result<SubmitReply, IngestError> {
+        let (carrier, kind) = (event::carrier_name(event.carrier), event.kind);
         let count = |outcome| {
             metrics::CORE
                 .events
                 .get_or_create(&metrics::EventLabels {
-                    carrier: event::carrier_name(event.carrier),
-                    kind: event.kind.as_str(),
+                    carrier,
+                    kind: kind.as_str(),
                     outcome,
                 })
                 .inc();
@@ -200,7 +201,7 @@ impl Pipeline {
             }
         };
         let queue = self.routes.queue(event.carrier, event.kind);
-        let outbound = event.to_outbound();
+        let outbound = event.into_outbound();
         let started = std::time::Instant::now();
         let published = self.publisher.publish(queue, &outbound).await;
         metrics::CORE
