@@ -2,7 +2,7 @@
 //! directory, and reads back what it spooled.
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -10,13 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::servers::free_port;
 
 pub(crate) struct Edge {
     child: Option<Child>,

@@ -1,7 +1,8 @@
 //! Durability across SIGKILL, graceful SIGTERM, and a core that cannot be reached.
 
 use crate::{
-    harness::{Edge, free_port, json_reply},
+    harness::{Edge, json_reply},
+    servers::free_port,
     spec::BANDWIDTH_INBOUND,
 };
 

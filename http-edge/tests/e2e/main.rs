@@ -8,5 +8,8 @@ mod grpcurl;
 mod harness;
 mod lifecycle;
 mod production;
+// moto and redis-server, started the same way as in ingest-core's backend tests.
+#[path = "../../../ingest-core/tests/backends/servers.rs"]
+mod servers;
 mod signatures;
 mod spec;

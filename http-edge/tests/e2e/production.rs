@@ -2,13 +2,7 @@
 //! moto's SQS queues (standard and FIFO) with attributes and canonical JSON bodies, deduped in a
 //! real redis-server.
 
-use std::{
-    collections::HashMap,
-    net::TcpStream,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::collections::HashMap;
 
 use aws_sdk_sqs::{
     Client,
@@ -17,76 +11,10 @@ use aws_sdk_sqs::{
 use serde_json::Value;
 
 use crate::{
-    harness::{Edge, free_port},
+    harness::Edge,
+    servers::{Server, free_port},
     spec::{BANDWIDTH_DELIVERED, BANDWIDTH_INBOUND},
 };
-
-/// A server process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn spawn(program: PathBuf, args: &[String], port: u16, what: &str) -> Proc {
-    let child = Command::new(&program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start {what} ({}): {e}; run `bash .ci/services.sh`",
-                program.display()
-            )
-        });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Proc(child)
-}
-
-fn moto() -> (Proc, u16) {
-    let program = std::env::var_os("MOTO_SERVER").map_or_else(
-        || workspace().join(".venv-moto/bin/moto_server"),
-        PathBuf::from,
-    );
-    let port = free_port();
-    let args = [
-        "-H".to_owned(),
-        "127.0.0.1".into(),
-        "-p".into(),
-        port.to_string(),
-    ];
-    (spawn(program, &args, port, "moto_server"), port)
-}
-
-fn redis() -> (Proc, u16) {
-    let program =
-        std::env::var_os("REDIS_SERVER").map_or_else(|| "redis-server".into(), PathBuf::from);
-    let port = free_port();
-    let args = [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    .map(str::to_owned);
-    (spawn(program, &args, port, "redis-server"), port)
-}
 
 async fn sqs(port: u16) -> Client {
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -159,8 +87,9 @@ async fn drain(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_land_on_sqs_once_with_attributes_via_redis_dedupe() {
-    let (_moto, moto_port) = moto();
-    let (_redis, redis_port) = redis();
+    let moto = Server::moto();
+    let redis = Server::redis();
+    let (moto_port, redis_port) = (moto.addr().port(), redis.addr().port());
     let client = sqs(moto_port).await;
     let inbound = create(&client, &format!("edge-in-{}", free_port())).await;
     let status = create(&client, &format!("edge-st-{}.fifo", free_port())).await;
@@ -237,7 +166,8 @@ async fn webhooks_land_on_sqs_once_with_attributes_via_redis_dedupe() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partly_failed_bandwidth_batch_is_5xx_and_its_retry_lands_each_event_once() {
-    let (_moto, moto_port) = moto();
+    let moto = Server::moto();
+    let moto_port = moto.addr().port();
     let client = sqs(moto_port).await;
     let inbound = create(&client, &format!("batch-in-{}", free_port())).await;
     let status_name = format!("batch-st-{}", free_port());

@@ -13,10 +13,7 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::{
-    harness::{Edge, free_port},
-    spec::BANDWIDTH_INBOUND,
-};
+use crate::{harness::Edge, servers::free_port, spec::BANDWIDTH_INBOUND};
 
 const PUBLIC: &str = "https://hooks.example.com";
 

@@ -5,5 +5,6 @@ mod dedupe;
 mod fake_sqs;
 mod redis_store;
 mod retry;
+mod servers;
 mod sqs;
 mod support;
