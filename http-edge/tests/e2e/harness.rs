@@ -127,6 +127,25 @@ impl Edge {
         self.spooled("inbound").len() + self.spooled("status").len()
     }
 
+    /// Sends `method path` with an optional content type, extra headers and a body.
+    pub(crate) async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut req = self.client.request(method, self.url(path)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("request sent")
+    }
+
     pub(crate) async fn post(
         &self,
         path: &str,
@@ -134,15 +153,14 @@ impl Edge {
         body: impl Into<reqwest::Body>,
         headers: &[(&str, &str)],
     ) -> reqwest::Response {
-        let mut req = self
-            .client
-            .post(self.url(path))
-            .header("content-type", content_type)
-            .body(body);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        req.send().await.expect("request sent")
+        self.request(
+            reqwest::Method::POST,
+            path,
+            Some(content_type),
+            headers,
+            body,
+        )
+        .await
     }
 
     pub(crate) async fn post_json(&self, path: &str, body: &str) -> reqwest::Response {

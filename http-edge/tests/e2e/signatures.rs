@@ -105,17 +105,10 @@ async fn send(
     headers: &[(&str, &str)],
     body: &str,
 ) -> u16 {
-    let mut req = edge
-        .client
-        .request(method, edge.url(target))
-        .body(body.to_owned());
-    if let Some(ct) = content_type {
-        req = req.header("content-type", ct);
-    }
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.send().await.expect("request sent").status().as_u16()
+    edge.request(method, target, content_type, headers, body.to_owned())
+        .await
+        .status()
+        .as_u16()
 }
 
 /// Asserts `status` is one of `want` and that nothing more was spooled than `spooled`.
