@@ -7,26 +7,11 @@ use futures_util::future::join_all;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::support::{
-    Core, Server, Sqs, aws_for, core_config, inbound, outcome, submit_inbound, unique,
+    Core, Server, Sqs, aws_for, core_config, inbound, outcome, sqs_redis_flags, submit_inbound,
+    unique,
 };
 
 const READY_WITHIN: Duration = Duration::from_secs(20);
-
-fn redis_core_flags<'a>(queue: &'a str, redis_url: &'a str, prefix: &'a str) -> Vec<&'a str> {
-    vec![
-        "--publisher=sqs",
-        "--inbound-queue",
-        queue,
-        "--status-queue",
-        queue,
-        "--dedupe=redis",
-        "--redis-url",
-        redis_url,
-        "--redis-key-prefix",
-        prefix,
-        "--redis-timeout-ms=300",
-    ]
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_cores_sharing_redis_publish_each_event_once() {
@@ -39,7 +24,12 @@ async fn two_cores_sharing_redis_publish_each_event_once() {
     let queue = sqs.create_queue(&unique("shared")).await;
     let redis_url = format!("redis://{}", redis.addr());
     let prefix = unique("shared") + ":";
-    let config = core_config(&redis_core_flags(&queue, &redis_url, &prefix));
+    let config = core_config(&sqs_redis_flags(
+        &queue,
+        &redis_url,
+        &prefix,
+        &["--redis-timeout-ms=300"],
+    ));
     let aws = aws_for(&moto).await;
     let cores = [
         Core::from_config(&config, &aws).await,
@@ -102,7 +92,12 @@ async fn redis_outage_falls_back_to_memory_and_dedupe_resumes() {
     let queue = sqs.create_queue(&unique("fallback")).await;
     let redis_url = format!("redis://{}", redis.addr());
     let prefix = unique("fallback") + ":";
-    let config = core_config(&redis_core_flags(&queue, &redis_url, &prefix));
+    let config = core_config(&sqs_redis_flags(
+        &queue,
+        &redis_url,
+        &prefix,
+        &["--redis-timeout-ms=300"],
+    ));
     let aws = aws_for(&moto).await;
     let a = Core::from_config(&config, &aws).await;
     let b = Core::from_config(&config, &aws).await;

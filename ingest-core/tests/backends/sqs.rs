@@ -14,7 +14,8 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::support::{
-    Core, Server, Sqs, aws_for, core_config, inbound, outcome, status, submit_inbound, unique,
+    Core, Server, Sqs, aws_for, core_config, inbound, outcome, sqs_redis_flags, status,
+    submit_inbound, unique,
 };
 
 const READY_WITHIN: Duration = Duration::from_secs(20);
@@ -187,19 +188,12 @@ async fn missing_queue_is_unavailable_then_publishes_once_after_it_exists() {
     let queue = format!("http://{}/123456789012/{name}", moto.addr());
     let redis_url = format!("redis://{}", redis.addr());
     let prefix = unique("late") + ":";
-    let config = core_config(&[
-        "--publisher=sqs",
-        "--inbound-queue",
+    let config = core_config(&sqs_redis_flags(
         &queue,
-        "--status-queue",
-        &queue,
-        "--dedupe=redis",
-        "--redis-url",
         &redis_url,
-        "--redis-key-prefix",
         &prefix,
-        "--sqs-publish-timeout-ms=2000",
-    ]);
+        &["--sqs-publish-timeout-ms=2000"],
+    ));
     let core = Core::from_config(&config, &aws_for(&moto).await).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(core.health().await, ServingStatus::NotServing);
@@ -238,19 +232,12 @@ async fn stopped_sqs_is_unavailable_then_publishes_once_after_restart() {
     let queue = Sqs::new(&moto).await.create_queue(&name).await;
     let redis_url = format!("redis://{}", redis.addr());
     let prefix = unique("outage") + ":";
-    let config = core_config(&[
-        "--publisher=sqs",
-        "--inbound-queue",
+    let config = core_config(&sqs_redis_flags(
         &queue,
-        "--status-queue",
-        &queue,
-        "--dedupe=redis",
-        "--redis-url",
         &redis_url,
-        "--redis-key-prefix",
         &prefix,
-        "--sqs-publish-timeout-ms=1500",
-    ]);
+        &["--sqs-publish-timeout-ms=1500"],
+    ));
     let core = Core::from_config(&config, &aws_for(&moto).await).await;
     core.wait_health(ServingStatus::Serving, READY_WITHIN).await;
 

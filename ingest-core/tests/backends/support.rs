@@ -28,6 +28,29 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client};
 
+/// Core flags: SQS publishing of both kinds to `queue`, Redis dedupe under `prefix`, then `extra`.
+pub(crate) fn sqs_redis_flags<'a>(
+    queue: &'a str,
+    redis_url: &'a str,
+    prefix: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut flags = vec![
+        "--publisher=sqs",
+        "--inbound-queue",
+        queue,
+        "--status-queue",
+        queue,
+        "--dedupe=redis",
+        "--redis-url",
+        redis_url,
+        "--redis-key-prefix",
+        prefix,
+    ];
+    flags.extend_from_slice(extra);
+    flags
+}
+
 /// A name no other test uses, for queues and key prefixes.
 pub(crate) fn unique(stem: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
