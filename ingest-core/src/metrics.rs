@@ -126,19 +126,30 @@ pub async fn serve_admin(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = Router::new().route(
-        "/metrics",
-        get(|| async {
-            (
-                [(
-                    header::CONTENT_TYPE,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                )],
-                render(),
-            )
-                .into_response()
-        }),
-    );
+    let router = Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    render(),
+                )
+                    .into_response()
+            }),
+        )
+        // A scrape is cheap, but the listener still gets limits: a few at a time, briefly.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    |_: axum::BoxError| async { axum::http::StatusCode::SERVICE_UNAVAILABLE },
+                ))
+                .load_shed()
+                .concurrency_limit(8)
+                .timeout(std::time::Duration::from_secs(5)),
+        );
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
