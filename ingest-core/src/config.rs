@@ -125,6 +125,15 @@ pub struct CoreConfig {
     /// Timeout of one SQS HTTP call, in milliseconds.
     #[arg(long, env = "INGEST_SQS_CALL_TIMEOUT_MS", default_value_t = 2_000)]
     pub sqs_call_timeout_ms: u64,
+    /// Consecutive failed SQS calls to a queue after which new events stop waiting for SQS and
+    /// go straight to the local outbox (until a call succeeds again).
+    #[arg(long, env = "INGEST_SQS_BREAKER_FAILURES", default_value_t = 3)]
+    pub sqs_breaker_failures: u32,
+    /// Most bytes the local outbox (under `--data-dir`/outbox) holds per queue while SQS is
+    /// unreachable; past it events are refused (UNAVAILABLE, the edge answers 503). At ~1 KiB
+    /// per event the default holds about a million events.
+    #[arg(long, env = "INGEST_OUTBOX_MAX_BYTES", default_value_t = 1 << 30)]
+    pub outbox_max_bytes: u64,
     /// Inbound queue for Twilio, overriding `--inbound-queue`.
     #[arg(long, env = "INGEST_TWILIO_INBOUND_QUEUE")]
     pub twilio_inbound_queue: Option<String>,
@@ -237,6 +246,12 @@ impl CoreConfig {
         }
         if self.sqs_call_timeout_ms == 0 {
             problems.push("--sqs-call-timeout-ms must be positive".to_owned());
+        }
+        if self.sqs_breaker_failures == 0 {
+            problems.push("--sqs-breaker-failures must be positive".to_owned());
+        }
+        if self.outbox_max_bytes < 1 << 20 {
+            problems.push("--outbox-max-bytes must be at least 1 MiB".to_owned());
         }
         if self.sqs_publish_timeout_ms == 0
             || self.sqs_publish_timeout_ms >= self.grpc_request_timeout_ms

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     normalize,
-    publish::{EventKind, OutboundEvent},
+    publish::{Attribute, EventKind, OutboundEvent},
 };
 
 /// Version of the published `Envelope` schema.
@@ -342,15 +342,20 @@ impl Normalized {
             received_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
             event: Some(self.event),
         };
+        let mut attributes = Vec::with_capacity(4);
+        attributes.push(Attribute::text("carrier", carrier_name(self.carrier)));
+        attributes.push(Attribute::text("kind", self.kind.as_str()));
+        let status = status_name(self.status);
+        if !status.is_empty() {
+            attributes.push(Attribute::text("status", status));
+        }
+        attributes.push(Attribute::number("schema_version", SCHEMA_VERSION));
         OutboundEvent {
             // Serializing generated types to a String cannot fail (no non-string map keys).
             body: serde_json::to_string(&envelope).unwrap_or_default(),
             event_id: envelope.event_id,
             group_id: self.group_id,
-            carrier: carrier_name(self.carrier),
-            kind: self.kind,
-            status: status_name(self.status),
-            schema_version: SCHEMA_VERSION,
+            attributes,
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::{
     future::Future,
-    sync::{LazyLock, Mutex},
+    sync::{LazyLock, Mutex, atomic::AtomicU64},
 };
 
 use axum::{Router, http::header, response::IntoResponse, routing::get};
@@ -62,6 +62,20 @@ pub struct BackendLabels {
     pub backend: &'static str,
 }
 
+/// Labels naming a queue (its short name: the last segment of an SQS URL).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// Queue name.
+    pub queue: String,
+}
+
+/// The labels of `queue` (a name or an SQS queue URL).
+pub fn queue_labels(queue: &str) -> QueueLabels {
+    QueueLabels {
+        queue: crate::publish::queue_name(queue),
+    }
+}
+
 /// The core's metrics.
 #[derive(Debug)]
 pub struct CoreMetrics {
@@ -71,8 +85,24 @@ pub struct CoreMetrics {
     pub publish_seconds: Family<BackendLabels, Histogram>,
     /// 1 while dedupe has fallen back from Redis to process memory.
     pub dedupe_degraded: Gauge,
-    /// 1 while every configured queue answers (gRPC health SERVING).
+    /// 1 while the core can take events (gRPC health SERVING).
     pub ready: Gauge,
+    /// 1 while a queue's SQS circuit is open (SQS failing; events go to the outbox).
+    pub sqs_circuit_open: Family<QueueLabels, Gauge>,
+    /// Events in a queue's outbox, not yet confirmed by SQS.
+    pub outbox_events: Family<QueueLabels, Gauge>,
+    /// Bytes of a queue's outbox records not yet confirmed by SQS.
+    pub outbox_bytes: Family<QueueLabels, Gauge>,
+    /// Age of the oldest record in a queue's outbox (0 when empty).
+    pub outbox_oldest_age_seconds: Family<QueueLabels, Gauge<f64, AtomicU64>>,
+    /// Events written to a queue's outbox.
+    pub outbox_stored: Family<QueueLabels, Counter>,
+    /// Outbox events the relay delivered to SQS.
+    pub outbox_relayed: Family<QueueLabels, Counter>,
+    /// Relay calls to SQS that failed (each is retried).
+    pub outbox_relay_failures: Family<QueueLabels, Counter>,
+    /// Events refused with UNAVAILABLE because the outbox was full.
+    pub outbox_full: Family<QueueLabels, Counter>,
 }
 
 /// The core's metrics, registered on first use.
@@ -82,6 +112,14 @@ pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
         publish_seconds: Family::new_with_constructor(latency_histogram),
         dedupe_degraded: Gauge::default(),
         ready: Gauge::default(),
+        sqs_circuit_open: Family::default(),
+        outbox_events: Family::default(),
+        outbox_bytes: Family::default(),
+        outbox_oldest_age_seconds: Family::default(),
+        outbox_stored: Family::default(),
+        outbox_relayed: Family::default(),
+        outbox_relay_failures: Family::default(),
+        outbox_full: Family::default(),
     };
     register(
         "ingest_events",
@@ -100,8 +138,48 @@ pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
     );
     register(
         "ingest_core_ready",
-        "1 while every configured queue answers",
+        "1 while the core can take events",
         m.ready.clone(),
+    );
+    register(
+        "ingest_sqs_circuit_open",
+        "1 while SQS calls for a queue keep failing and events go to the local outbox",
+        m.sqs_circuit_open.clone(),
+    );
+    register(
+        "ingest_outbox_events",
+        "Events in the local outbox not yet confirmed by SQS",
+        m.outbox_events.clone(),
+    );
+    register(
+        "ingest_outbox_bytes",
+        "Bytes of outbox records not yet confirmed by SQS",
+        m.outbox_bytes.clone(),
+    );
+    register(
+        "ingest_outbox_oldest_age_seconds",
+        "Age of the oldest outbox record (0 when empty)",
+        m.outbox_oldest_age_seconds.clone(),
+    );
+    register(
+        "ingest_outbox_stored",
+        "Events written to the local outbox",
+        m.outbox_stored.clone(),
+    );
+    register(
+        "ingest_outbox_relayed",
+        "Outbox events delivered to SQS by the relay",
+        m.outbox_relayed.clone(),
+    );
+    register(
+        "ingest_outbox_relay_failures",
+        "Relay calls to SQS that failed and will be retried",
+        m.outbox_relay_failures.clone(),
+    );
+    register(
+        "ingest_outbox_full",
+        "Events refused because the outbox reached --outbox-max-bytes",
+        m.outbox_full.clone(),
     );
     m
 });

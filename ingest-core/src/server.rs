@@ -11,7 +11,10 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     config::{CoreConfig, DedupeKind, PublisherKind},
     dedupe::{DedupeStore, FallbackDedupe, MemoryDedupe, RedisDedupe, RedisSettings},
-    publish::{Publisher, Spool, SqsPublisher, SqsSettings},
+    publish::{
+        ForwardSettings, Publisher, Spool, SqsPublisher, SqsSettings, StoreAndForward,
+        outbox::OutboxError,
+    },
     service::{IngestGrpc, Pipeline, Routes},
 };
 
@@ -38,7 +41,13 @@ pub enum BuildError {
     /// The Redis dedupe store cannot be set up (bad URL or settings).
     #[error("Redis dedupe: {0}")]
     Redis(String),
+    /// The local outbox cannot be opened, or is corrupt.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
 }
+
+/// Size at which the outbox starts a new segment file.
+const OUTBOX_SEGMENT_BYTES: u64 = 16 << 20;
 
 /// Builds the pipeline with the backends `config` chooses. For SQS, the AWS settings come from
 /// the AWS default chain (`AWS_REGION`, `AWS_ENDPOINT_URL`, credentials).
@@ -67,15 +76,23 @@ pub async fn build_pipeline_with(
                     "no AWS region: set AWS_REGION (or a profile with a region)".into(),
                 ));
             }
-            Arc::new(SqsPublisher::new(
+            let sqs = SqsPublisher::new(
                 aws,
                 SqsSettings {
                     linger: config.sqs_linger(),
                     max_in_flight_batches: config.sqs_max_in_flight_batches,
                     publish_timeout: config.sqs_publish_timeout(),
                     call_timeout: config.sqs_call_timeout(),
+                    breaker_failures: config.sqs_breaker_failures,
                 },
-            ))
+            );
+            let settings = ForwardSettings {
+                dir: config.data_dir.join("outbox"),
+                max_bytes: config.outbox_max_bytes,
+                segment_bytes: OUTBOX_SEGMENT_BYTES,
+            };
+            tracing::info!(dir = %settings.dir.display(), max_bytes = settings.max_bytes, "outbox for SQS outages");
+            Arc::new(StoreAndForward::open(sqs, settings)?)
         }
     };
     let ttl = Duration::from_secs(config.dedupe_ttl_secs);

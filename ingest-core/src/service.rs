@@ -201,6 +201,7 @@ impl Pipeline {
             }
         };
         let queue = self.routes.queue(event.carrier, event.kind);
+        let status = event::status_name(event.status);
         let outbound = event.into_outbound();
         let started = std::time::Instant::now();
         let published = self.publisher.publish(queue, &outbound).await;
@@ -222,11 +223,7 @@ impl Pipeline {
                     // by event_id. Failing the call now would only cause that retry.
                     tracing::warn!(%error, "dedupe commit failed after publish");
                 }
-                tracing::info!(
-                    outcome = "accepted",
-                    status = outbound.status,
-                    "event published"
-                );
+                tracing::info!(outcome = "accepted", status, "event published");
                 Ok(reply(event_id, Outcome::Accepted))
             }
             Err(error) => {

@@ -1,12 +1,21 @@
 //! Publishing of accepted events to a durable queue, behind one small trait.
 
+mod breaker;
+mod forward;
+mod journal;
+pub mod outbox;
 mod spool;
 mod sqs;
 
+pub use breaker::Breaker;
+pub use forward::{ForwardSettings, StoreAndForward};
 pub use spool::Spool;
 pub use sqs::{MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, SqsPublisher, SqsSettings, SqsStats, is_fifo};
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 /// What kind of event a message carries; one queue per kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,23 +36,64 @@ impl EventKind {
     }
 }
 
-/// One event ready to publish: the queue body plus what a queue can carry beside it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One message ready to publish: the queue body plus what a queue can carry beside it. It is
+/// also the record the outbox stores, so a relayed message is the one a direct publish sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboundEvent {
-    /// Deterministic event id (also the FIFO deduplication id).
+    /// Deterministic id (the FIFO deduplication id).
+    #[serde(rename = "id")]
     pub event_id: String,
-    /// The `Envelope` in protobuf canonical JSON, one line, no trailing newline.
+    /// The message body, one line, no trailing newline (events: the `Envelope` in protobuf
+    /// canonical JSON).
     pub body: String,
     /// Ordering group for FIFO queues: one conversation, or one message's status history.
+    #[serde(rename = "group")]
     pub group_id: String,
-    /// Carrier name, e.g. `twilio`.
-    pub carrier: &'static str,
-    /// Inbound or status.
-    pub kind: EventKind,
-    /// Normalized status name (`delivered`), empty for inbound messages.
-    pub status: &'static str,
-    /// `Envelope.schema_version`.
-    pub schema_version: u32,
+    /// Message attributes, in order (`carrier`, `kind`, `status`, `schema_version` for events).
+    #[serde(rename = "attrs")]
+    pub attributes: Vec<Attribute>,
+}
+
+/// One message attribute: a name and a string or number value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attribute {
+    /// Attribute name.
+    pub name: Cow<'static, str>,
+    /// Value, as text.
+    pub value: String,
+    /// Whether SQS should type it `Number` rather than `String`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub number: bool,
+}
+
+impl Attribute {
+    /// A `String` attribute.
+    pub fn text(name: &'static str, value: impl Into<String>) -> Self {
+        Self {
+            name: Cow::Borrowed(name),
+            value: value.into(),
+            number: false,
+        }
+    }
+
+    /// A `Number` attribute.
+    pub fn number(name: &'static str, value: impl ToString) -> Self {
+        Self {
+            name: Cow::Borrowed(name),
+            value: value.to_string(),
+            number: true,
+        }
+    }
+}
+
+impl OutboundEvent {
+    /// The value of attribute `name`, if set.
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.value.as_str())
+    }
 }
 
 /// A publish that did not become durable; the event must be retried.
@@ -58,6 +108,14 @@ pub enum PublishError {
     /// The publisher is shutting down.
     #[error("publisher closed")]
     Closed,
+    /// The local outbox is full: nothing more can be stored until SQS takes some of it.
+    #[error("outbox full ({stored} of {max} bytes)")]
+    Full {
+        /// Bytes stored.
+        stored: u64,
+        /// The configured bound.
+        max: u64,
+    },
 }
 
 /// A durable queue.
@@ -69,4 +127,10 @@ pub trait Publisher: Send + Sync + 'static {
     async fn check(&self, queue: &str) -> Result<(), PublishError>;
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;
+}
+
+/// The short name of a queue (a name, or the last segment of a queue URL), as used for spool and
+/// outbox file names and metric labels.
+pub fn queue_name(queue: &str) -> String {
+    spool::file_stem(queue)
 }

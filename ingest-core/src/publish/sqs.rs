@@ -38,7 +38,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{OutboundEvent, PublishError, Publisher};
+use super::{OutboundEvent, PublishError, Publisher, breaker::Breaker};
 
 /// Most entries SQS takes in one `SendMessageBatch`.
 pub const MAX_BATCH_ENTRIES: usize = 10;
@@ -70,6 +70,9 @@ pub struct SqsSettings {
     pub publish_timeout: Duration,
     /// Timeout of one HTTP call to SQS.
     pub call_timeout: Duration,
+    /// Consecutive failed calls to a queue after which its circuit opens (events stop waiting
+    /// on SQS and pending retries give up at once).
+    pub breaker_failures: u32,
 }
 
 impl Default for SqsSettings {
@@ -79,6 +82,7 @@ impl Default for SqsSettings {
             max_in_flight_batches: 64,
             publish_timeout: Duration::from_secs(5),
             call_timeout: Duration::from_secs(2),
+            breaker_failures: 3,
         }
     }
 }
@@ -109,6 +113,7 @@ pub struct SqsPublisher {
     client: Client,
     settings: SqsSettings,
     batchers: Mutex<HashMap<String, mpsc::UnboundedSender<Pending>>>,
+    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     counters: Arc<Counters>,
 }
 
@@ -131,10 +136,16 @@ struct Pending {
 }
 
 /// What became of one entry of a batch.
-enum EntryResult {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryResult {
+    /// SQS stored it.
     Sent,
+    /// It failed in a way worth retrying.
     Retry(String),
+    /// SQS refused this entry for good (invalid entry).
     Fail(String),
+    /// SQS refused the whole call for good (missing queue, no permission).
+    Refused(String),
 }
 
 /// What one batcher needs, shared with its send tasks.
@@ -143,6 +154,7 @@ struct QueueCtx {
     client: Client,
     settings: SqsSettings,
     counters: Arc<Counters>,
+    breaker: Arc<Breaker>,
     /// Weak, so the batcher stops once the publisher (the only strong sender) is gone.
     requeue: mpsc::WeakUnboundedSender<Pending>,
 }
@@ -168,8 +180,34 @@ impl SqsPublisher {
                 ..settings
             },
             batchers: Mutex::new(HashMap::new()),
+            breakers: Mutex::new(HashMap::new()),
             counters: Arc::new(Counters::default()),
         }
+    }
+
+    /// The circuit breaker of `queue`.
+    pub fn breaker(&self, queue: &str) -> Arc<Breaker> {
+        self.breakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(queue.to_owned())
+            .or_insert_with(|| Arc::new(Breaker::new(queue, self.settings.breaker_failures)))
+            .clone()
+    }
+
+    /// Sends `events` (at most [`MAX_BATCH_ENTRIES`], at most [`MAX_BATCH_BYTES`]) to `queue` in
+    /// one `SendMessageBatch` call, with no retries, and says what became of each entry. The
+    /// outbox relay uses it, so it keeps its own order and retries.
+    pub async fn send_once(&self, queue: &str, events: &[OutboundEvent]) -> Vec<EntryResult> {
+        let entries: Vec<_> = events.iter().map(|e| entry_for(queue, e).0).collect();
+        call_batch(
+            &self.client,
+            queue,
+            &self.counters,
+            &self.breaker(queue),
+            entries,
+        )
+        .await
     }
 
     /// What the publisher has done so far.
@@ -196,6 +234,7 @@ impl SqsPublisher {
             client: self.client.clone(),
             settings: self.settings,
             counters: self.counters.clone(),
+            breaker: self.breaker(queue),
             requeue: tx.downgrade(),
         });
         tokio::spawn(run_batcher(ctx, rx));
@@ -204,27 +243,26 @@ impl SqsPublisher {
     }
 }
 
-/// The SQS entry for `event`; `Id` is set per call.
-fn entry_for(queue: &str, event: &OutboundEvent) -> (SendMessageBatchRequestEntry, usize) {
-    let mut attributes = HashMap::with_capacity(4);
+/// The SQS entry for `event`; `Id` is set per call. Also returns the bytes it counts against
+/// the batch size limit.
+pub(crate) fn entry_for(
+    queue: &str,
+    event: &OutboundEvent,
+) -> (SendMessageBatchRequestEntry, usize) {
+    let mut attributes = HashMap::with_capacity(event.attributes.len());
     let mut size = event.body.len();
-    let mut attr = |name: &str, data_type: &str, value: String| {
-        size += name.len() + data_type.len() + value.len();
+    for a in &event.attributes {
+        let data_type = if a.number { "Number" } else { "String" };
+        size += a.name.len() + data_type.len() + a.value.len();
         attributes.insert(
-            name.to_owned(),
+            a.name.clone().into_owned(),
             MessageAttributeValue::builder()
                 .data_type(data_type)
-                .string_value(value)
+                .string_value(a.value.clone())
                 .build()
                 .expect("data_type is set"),
         );
-    };
-    attr("carrier", "String", event.carrier.to_owned());
-    attr("kind", "String", event.kind.as_str().to_owned());
-    if !event.status.is_empty() {
-        attr("status", "String", event.status.to_owned());
     }
-    attr("schema_version", "Number", event.schema_version.to_string());
     let mut builder = SendMessageBatchRequestEntry::builder()
         .id("0")
         .message_body(event.body.clone())
@@ -336,27 +374,55 @@ async fn send_batch(ctx: &QueueCtx, batch: Vec<Pending>) {
     if batch.is_empty() {
         return;
     }
-    let entries = batch
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let mut entry = p.entry.clone();
-            entry.id = i.to_string();
-            entry
-        })
-        .collect();
-    ctx.counters.batch_calls.fetch_add(1, Ordering::Relaxed);
-    let result = ctx
-        .client
+    let entries = batch.iter().map(|p| p.entry.clone()).collect();
+    let results = call_batch(
+        &ctx.client,
+        &ctx.queue,
+        &ctx.counters,
+        &ctx.breaker,
+        entries,
+    )
+    .await;
+    for (p, result) in batch.into_iter().zip(results) {
+        match result {
+            EntryResult::Sent => finish(ctx, p, Ok(())),
+            EntryResult::Fail(what) | EntryResult::Refused(what) => finish(ctx, p, Err(what)),
+            EntryResult::Retry(what) => retry_later(ctx, p, what),
+        }
+    }
+}
+
+/// One `SendMessageBatch` call for `entries` (their ids are set here), with the result of each
+/// entry in order. Whole-call failures feed the queue's breaker; an answer closes it.
+async fn call_batch(
+    client: &Client,
+    queue: &str,
+    counters: &Counters,
+    breaker: &Breaker,
+    mut entries: Vec<SendMessageBatchRequestEntry>,
+) -> Vec<EntryResult> {
+    for (i, entry) in entries.iter_mut().enumerate() {
+        entry.id = i.to_string();
+    }
+    let count = entries.len();
+    counters.batch_calls.fetch_add(1, Ordering::Relaxed);
+    let result = client
         .send_message_batch()
-        .queue_url(&ctx.queue)
+        .queue_url(queue)
         .set_entries(Some(entries))
         .send()
         .await;
 
-    let mut results: Vec<Option<EntryResult>> = (0..batch.len()).map(|_| None).collect();
+    let mut results: Vec<Option<EntryResult>> = (0..count).map(|_| None).collect();
     match result {
         Ok(output) => {
+            if let Some(outage) = breaker.success() {
+                tracing::info!(
+                    queue,
+                    outage_secs = outage.as_secs_f64(),
+                    "sqs: answering again; outage over"
+                );
+            }
             for ok in output.successful() {
                 if let Some(slot) = ok
                     .id()
@@ -389,9 +455,14 @@ async fn send_batch(ctx: &QueueCtx, batch: Vec<Pending>) {
         Err(error) => {
             let retryable = is_retryable(&error);
             let what = format!("SendMessageBatch failed: {}", DisplayErrorContext(&error));
+            // Only a failure of the service counts towards an outage; a permanent refusal
+            // (missing queue, bad request) is an answer.
+            if retryable {
+                breaker.failure();
+            }
             tracing::warn!(
-                queue = %ctx.queue,
-                entries = batch.len(),
+                queue,
+                entries = count,
                 retryable,
                 error = %what,
                 "sqs: batch call failed"
@@ -400,24 +471,26 @@ async fn send_batch(ctx: &QueueCtx, batch: Vec<Pending>) {
                 *slot = Some(if retryable {
                     EntryResult::Retry(what.clone())
                 } else {
-                    EntryResult::Fail(what.clone())
+                    EntryResult::Refused(what.clone())
                 });
             }
         }
     }
-    for (p, result) in batch.into_iter().zip(results) {
-        match result.unwrap_or_else(|| EntryResult::Retry("entry missing from the reply".into())) {
-            EntryResult::Sent => finish(ctx, p, Ok(())),
-            EntryResult::Fail(what) => finish(ctx, p, Err(what)),
-            EntryResult::Retry(what) => retry_later(ctx, p, what),
-        }
-    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| EntryResult::Retry("entry missing from the reply".into())))
+        .collect()
 }
 
 /// Sends `p` back to its batcher after a backoff, or fails it if that would pass its deadline.
 fn retry_later(ctx: &QueueCtx, mut p: Pending, what: String) {
     p.attempts += 1;
     let delay = backoff(p.attempts);
+    if ctx.breaker.is_open() {
+        // SQS is down: the caller stores the event in the outbox rather than wait it out.
+        finish(ctx, p, Err(format!("circuit open: {what}")));
+        return;
+    }
     if Instant::now() + delay >= p.deadline {
         let attempts = p.attempts;
         finish(
@@ -441,7 +514,7 @@ fn retry_later(ctx: &QueueCtx, mut p: Pending, what: String) {
 }
 
 /// Exponential backoff with jitter: between half and all of `BASE * 2^(attempt-1)`, capped.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let full = BASE_BACKOFF
         .saturating_mul(1 << attempt.saturating_sub(1).min(16))
         .min(MAX_BACKOFF);
@@ -532,17 +605,22 @@ impl Publisher for SqsPublisher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::publish::EventKind;
+    use crate::publish::Attribute;
 
     fn event(status: &'static str) -> OutboundEvent {
+        let mut attributes = vec![
+            Attribute::text("carrier", "twilio"),
+            Attribute::text("kind", "status"),
+        ];
+        if !status.is_empty() {
+            attributes.push(Attribute::text("status", status));
+        }
+        attributes.push(Attribute::number("schema_version", 1));
         OutboundEvent {
             event_id: "e1".into(),
             body: r#"{"eventId":"e1"}"#.into(),
             group_id: "g1".into(),
-            carrier: "twilio",
-            kind: EventKind::Status,
-            status,
-            schema_version: 1,
+            attributes,
         }
     }
 

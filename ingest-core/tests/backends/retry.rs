@@ -6,7 +6,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures_util::future::join_all;
 use ingest_core::publish::{
-    EventKind, OutboundEvent, PublishError, Publisher, SqsPublisher, SqsSettings,
+    Attribute, OutboundEvent, PublishError, Publisher, SqsPublisher, SqsSettings,
 };
 
 use crate::fake_sqs::{Behaviour, FakeSqs};
@@ -16,10 +16,7 @@ fn event(id: &str) -> OutboundEvent {
         event_id: id.to_owned(),
         body: serde_json::json!({ "eventId": id }).to_string(),
         group_id: "g".into(),
-        carrier: "twilio",
-        kind: EventKind::Inbound,
-        status: "",
-        schema_version: 1,
+        attributes: vec![Attribute::text("carrier", "twilio")],
     }
 }
 

@@ -10,7 +10,6 @@ use ingest_core::{
     publish::{SqsPublisher, SqsSettings},
     service::{Pipeline, Routes},
 };
-use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::support::{
@@ -180,7 +179,7 @@ async fn concurrent_events_share_batch_calls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_queue_is_unavailable_then_publishes_once_after_it_exists() {
+async fn missing_queue_stores_events_and_relays_them_once_it_exists() {
     let moto = Server::moto();
     let redis = Server::redis();
     let sqs = Sqs::new(&moto).await;
@@ -195,37 +194,29 @@ async fn missing_queue_is_unavailable_then_publishes_once_after_it_exists() {
         &["--sqs-publish-timeout-ms=2000"],
     ));
     let core = Core::from_config(&config, &aws_for(&moto).await).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(core.health().await, ServingStatus::NotServing);
-
-    let err = submit_inbound(&core.client, inbound(Carrier::Bandwidth, "bw-9"))
-        .await
-        .expect_err("no queue yet");
-    assert_eq!(err.code(), Code::Unavailable);
-    assert!(
-        !err.message().contains("NonExistentQueue") && !err.message().contains(&name),
-        "internal detail leaked: {}",
-        err.message()
-    );
-
-    assert_eq!(sqs.create_queue(&name).await, queue);
+    // The outbox can take events, so the core stays in service without its queue.
     core.wait_health(ServingStatus::Serving, READY_WITHIN).await;
+
     let first = submit_inbound(&core.client, inbound(Carrier::Bandwidth, "bw-9"))
         .await
-        .expect("published after recovery");
+        .expect("stored in the outbox");
     assert_eq!(outcome(&first), Outcome::Accepted);
-    let second = submit_inbound(&core.client, inbound(Carrier::Bandwidth, "bw-9"))
+    let retry = submit_inbound(&core.client, inbound(Carrier::Bandwidth, "bw-9"))
         .await
         .expect("retry");
-    assert_eq!(outcome(&second), Outcome::Duplicate);
-    let got = sqs.drain(&queue).await;
-    assert_eq!(got.len(), 1, "exactly one message");
+    assert_eq!(outcome(&retry), Outcome::Duplicate);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    assert_eq!(sqs.create_queue(&name).await, queue);
+    let got = sqs.drain_until(&queue, 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "exactly one message, relayed from the outbox");
     assert_eq!(got[0].body["eventId"], first.event_id.as_str());
+    assert_eq!(got[0].attributes["carrier"], "bandwidth");
     core.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stopped_sqs_is_unavailable_then_publishes_once_after_restart() {
+async fn stopped_sqs_opens_the_circuit_and_the_outbox_forwards_after_restart() {
     let mut moto = Server::moto();
     let redis = Server::redis();
     let name = unique("outage");
@@ -243,29 +234,42 @@ async fn stopped_sqs_is_unavailable_then_publishes_once_after_restart() {
 
     moto.stop();
     let started = std::time::Instant::now();
-    let err = client_status(&core, "SMout")
+    let first = client_status(&core, "SMout")
         .await
-        .expect_err("SQS is down");
-    assert_eq!(err.code(), Code::Unavailable);
-    // Retries stop once the next backoff (at most 1 s) would pass the 1.5 s deadline.
-    let waited = started.elapsed();
+        .expect("stored in the outbox while SQS is down");
+    assert_eq!(outcome(&first), Outcome::Accepted);
+    // Three failed calls open the circuit; the event does not wait out the 1.5 s deadline.
     assert!(
-        waited >= Duration::from_millis(500) && waited < Duration::from_millis(1500 + 2000),
-        "retried within the publish deadline, then gave up ({waited:?})"
+        started.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        started.elapsed()
     );
+    let started = std::time::Instant::now();
+    let second = client_status(&core, "SMout2").await.expect("circuit open");
+    assert_eq!(outcome(&second), Outcome::Accepted);
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "with the circuit open an event goes straight to the outbox ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(core.health().await, ServingStatus::Serving);
 
     // moto keeps queues in memory: after a restart the queue is created again, empty.
     moto.start();
     let sqs = Sqs::new(&moto).await;
     assert_eq!(sqs.create_queue(&name).await, queue);
-    let first = client_status(&core, "SMout").await.expect("after recovery");
-    assert_eq!(outcome(&first), Outcome::Accepted);
+    let got = sqs.drain_until(&queue, 2, Duration::from_secs(15)).await;
+    let mut ids: Vec<_> = got
+        .iter()
+        .map(|m| m.body["eventId"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let mut want = vec![first.event_id.clone(), second.event_id.clone()];
+    want.sort();
+    assert_eq!(ids, want, "each stored event forwarded exactly once");
+    assert!(got.iter().all(|m| m.attributes["status"] == "delivered"));
     let again = client_status(&core, "SMout").await.expect("retry");
     assert_eq!(outcome(&again), Outcome::Duplicate);
-    let got = sqs.drain(&queue).await;
-    assert_eq!(got.len(), 1, "exactly one message after the outage");
-    assert_eq!(got[0].body["eventId"], first.event_id.as_str());
-    assert_eq!(got[0].attributes["status"], "delivered");
     core.shutdown().await;
 }
 

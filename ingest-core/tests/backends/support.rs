@@ -117,6 +117,23 @@ impl Sqs {
             .to_owned()
     }
 
+    /// Receives and deletes messages until `want` have arrived (then until the queue stays
+    /// empty briefly, to catch extras) or `within` has passed.
+    pub(crate) async fn drain_until(
+        &self,
+        queue: &str,
+        want: usize,
+        within: Duration,
+    ) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        let mut out = Vec::new();
+        while out.len() < want && Instant::now() < deadline {
+            out.extend(self.drain(queue).await);
+        }
+        out.extend(self.drain(queue).await);
+        out
+    }
+
     /// Receives and deletes messages until `queue` has been empty for a little while.
     pub(crate) async fn drain(&self, queue: &str) -> Vec<Received> {
         let mut out = Vec::new();
@@ -183,7 +200,16 @@ struct Args {
 /// A core configuration from command-line style flags (environment defaults apply as in the
 /// binary).
 pub(crate) fn core_config(flags: &[&str]) -> CoreConfig {
-    let args = std::iter::once("ingest-core").chain(flags.iter().copied());
+    // Each core gets its own data directory (the SQS publisher keeps its outbox there).
+    let data_dir = std::env::temp_dir()
+        .join("carrier-ingest-tests")
+        .join(unique("data"));
+    let data_flag = format!("--data-dir={}", data_dir.display());
+    let own_dir =
+        (!flags.iter().any(|f| f.starts_with("--data-dir"))).then_some(data_flag.as_str());
+    let args = std::iter::once("ingest-core")
+        .chain(own_dir)
+        .chain(flags.iter().copied());
     let config = Args::try_parse_from(args)
         .unwrap_or_else(|e| panic!("bad test flags: {e}"))
         .core;
