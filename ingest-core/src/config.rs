@@ -250,8 +250,8 @@ impl CoreConfig {
         if self.sqs_breaker_failures == 0 {
             problems.push("--sqs-breaker-failures must be positive".to_owned());
         }
-        if self.outbox_max_bytes < 1 << 20 {
-            problems.push("--outbox-max-bytes must be at least 1 MiB".to_owned());
+        if self.outbox_max_bytes < 64 << 10 {
+            problems.push("--outbox-max-bytes must be at least 64 KiB".to_owned());
         }
         if self.sqs_publish_timeout_ms == 0
             || self.sqs_publish_timeout_ms >= self.grpc_request_timeout_ms

@@ -28,23 +28,48 @@ impl Edge {
 
     /// Edge + embedded core with the given extra flags and environment.
     pub(crate) async fn start(args: &[&str], env: &[(&str, &str)]) -> Edge {
-        Edge::launch(args, env, "/readyz", true).await
+        Edge::launch(None, args, env, "/readyz", true).await
+    }
+
+    /// Like [`Edge::start`], over the data directory of an earlier run (a restart).
+    pub(crate) async fn restart_in(
+        data: tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Edge {
+        Edge::launch(Some(data), args, env, "/readyz", true).await
+    }
+
+    /// Takes the data directory out of a stopped edge, to start another on it.
+    pub(crate) fn take_data(&mut self) -> tempfile::TempDir {
+        assert!(self.child.is_none(), "stop the edge first");
+        std::mem::replace(&mut self.data, tempfile::tempdir().unwrap())
     }
 
     /// The edge alone, calling the core at `core_url` (verification off), once it is live.
     pub(crate) async fn without_core(core_url: &str, args: &[&str]) -> Edge {
         let mut all = vec!["--insecure-skip-verify", "--core-url", core_url];
         all.extend_from_slice(args);
-        Edge::launch(&all, &[], "/livez", false).await
+        Edge::launch(None, &all, &[], "/livez", false).await
     }
 
     /// Starts the binary (with the core embedded or not) and waits for `probe` to answer 200.
-    async fn launch(args: &[&str], env: &[(&str, &str)], probe: &str, embedded: bool) -> Edge {
+    async fn launch(
+        mut reuse: Option<tempfile::TempDir>,
+        args: &[&str],
+        env: &[(&str, &str)],
+        probe: &str,
+        embedded: bool,
+    ) -> Edge {
         for attempt in 0..3 {
-            let data = tempfile::tempdir().unwrap();
+            let data = reuse.take().unwrap_or_else(|| tempfile::tempdir().unwrap());
             let http = free_port();
             let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let log = std::fs::File::create(data.path().join("edge.log")).unwrap();
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(data.path().join("edge.log"))
+                .unwrap();
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_http-edge"));
             if embedded {
                 cmd.arg("--embedded-core");
@@ -74,6 +99,9 @@ impl Edge {
                 "edge did not become ready (attempt {attempt}):\n{}",
                 edge.log()
             );
+            // The next attempt keeps the same data (a restart must find what it left).
+            edge.kill();
+            reuse = Some(edge.take_data());
         }
         panic!("http-edge never became ready");
     }

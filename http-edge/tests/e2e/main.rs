@@ -4,9 +4,14 @@ mod auth;
 mod bad_input;
 mod conformance;
 mod dedupe;
+// The SQS-compatible endpoint that fails on command, shared with ingest-core's tests.
+#[path = "../../../ingest-core/tests/backends/fake_sqs.rs"]
+#[allow(dead_code)]
+mod fake_sqs;
 mod grpcurl;
 mod harness;
 mod lifecycle;
+mod outage;
 mod production;
 // moto and redis-server, started the same way as in ingest-core's backend tests.
 #[path = "../../../ingest-core/tests/backends/servers.rs"]

@@ -165,7 +165,7 @@ async fn webhooks_land_on_sqs_once_with_attributes_via_redis_dedupe() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partly_failed_bandwidth_batch_is_5xx_and_its_retry_lands_each_event_once() {
+async fn a_batch_whose_queue_vanished_is_acknowledged_and_relayed_once_it_is_back() {
     let moto = Server::moto();
     let moto_port = moto.addr().port();
     let client = sqs(moto_port).await;
@@ -191,7 +191,8 @@ async fn a_partly_failed_bandwidth_batch_is_5xx_and_its_retry_lands_each_event_o
     let status_event: Value = serde_json::from_str(BANDWIDTH_DELIVERED).unwrap();
     let batch = serde_json::json!([inbound_event[0], status_event[0]]).to_string();
 
-    // The status queue disappears: the inbound event is published, the status is not.
+    // The status queue disappears: the inbound event is published, the status waits in the
+    // outbox, and the call is acknowledged (a carrier that never retries loses nothing).
     client
         .delete_queue()
         .queue_url(&status)
@@ -199,20 +200,23 @@ async fn a_partly_failed_bandwidth_batch_is_5xx_and_its_retry_lands_each_event_o
         .await
         .unwrap();
     let r = edge.post_json("/bandwidth/15551234567", &batch).await;
-    assert!(
-        r.status().is_server_error(),
-        "a partly failed batch must be retried: {}",
-        r.status()
-    );
+    assert_eq!(r.status(), 200, "stored in the outbox");
 
-    // It comes back; the carrier retries the whole call.
+    // It comes back: the relay forwards the stored status; a carrier retry is a duplicate.
     assert_eq!(create(&client, &status_name).await, status);
+    let mut status_msgs = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while status_msgs.is_empty() && std::time::Instant::now() < deadline {
+        status_msgs.extend(drain(&client, &status).await);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let r = edge.post_json("/bandwidth/15551234567", &batch).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["x-ingest-outcome"], "accepted");
+    assert_eq!(r.headers()["x-ingest-outcome"], "duplicate");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    status_msgs.extend(drain(&client, &status).await);
 
     let inbound_msgs = drain(&client, &inbound).await;
-    let status_msgs = drain(&client, &status).await;
     assert_eq!(
         inbound_msgs.len(),
         1,
@@ -221,7 +225,7 @@ async fn a_partly_failed_bandwidth_batch_is_5xx_and_its_retry_lands_each_event_o
     assert_eq!(
         status_msgs.len(),
         1,
-        "the failed event is published on the retry"
+        "the stored event is relayed once the queue exists again"
     );
     assert_eq!(status_msgs[0].0["status"]["rawStatus"], "message-delivered");
 }

@@ -1,5 +1,6 @@
 //! A tiny SQS-compatible endpoint (JSON 1.0 protocol) for what moto cannot do: a fixed
-//! latency for the benchmark, and per-entry failures for the retry test. It answers
+//! latency for the benchmark, per-entry failures for the retry test, and an outage on command
+//! (every call answered HTTP 500 `InternalError`) for the store-and-forward tests. It answers
 //! `SendMessageBatch` and `GetQueueAttributes`, and records what it accepted.
 //!
 //! Shared by the `backends` tests and the `sqs_publish` bench (`#[path]` include).
@@ -37,6 +38,8 @@ pub(crate) struct Behaviour {
 struct Seen {
     /// Accepted entries per `eventId` of their body.
     accepted: HashMap<String, u32>,
+    /// The last accepted entry per `eventId` (attributes, FIFO ids), as sent.
+    entries: HashMap<String, Value>,
     /// Event ids whose entry failed once already.
     failed_once: HashMap<String, u32>,
 }
@@ -46,6 +49,8 @@ struct Fake {
     behaviour: Behaviour,
     batch_calls: AtomicU64,
     entries_failed: AtomicU64,
+    calls_failed: AtomicU64,
+    failing: std::sync::atomic::AtomicBool,
     seen: Mutex<Seen>,
 }
 
@@ -65,6 +70,8 @@ impl FakeSqs {
             behaviour,
             batch_calls: AtomicU64::new(0),
             entries_failed: AtomicU64::new(0),
+            calls_failed: AtomicU64::new(0),
+            failing: std::sync::atomic::AtomicBool::new(false),
             seen: Mutex::new(Seen::default()),
         });
         let app = Router::new()
@@ -95,6 +102,30 @@ impl FakeSqs {
         self.fake.entries_failed.load(Ordering::Relaxed)
     }
 
+    /// Starts (true) or ends (false) an outage: while it lasts every call fails with HTTP 500.
+    #[allow(dead_code)]
+    pub(crate) fn set_failing(&self, failing: bool) {
+        self.fake.failing.store(failing, Ordering::Relaxed);
+    }
+
+    /// Calls answered with HTTP 500 during outages so far.
+    #[allow(dead_code)]
+    pub(crate) fn calls_failed(&self) -> u64 {
+        self.fake.calls_failed.load(Ordering::Relaxed)
+    }
+
+    /// The last accepted entry for `event_id`, as sent (attributes, FIFO ids).
+    #[allow(dead_code)]
+    pub(crate) fn entry(&self, event_id: &str) -> Option<Value> {
+        self.fake
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries
+            .get(event_id)
+            .cloned()
+    }
+
     /// How many times each event id was accepted.
     pub(crate) fn accepted(&self) -> HashMap<String, u32> {
         self.fake
@@ -121,6 +152,10 @@ async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
         return reply(StatusCode::BAD_REQUEST, &error("InvalidParameterValue"));
     };
     tokio::time::sleep(fake.behaviour.latency).await;
+    if fake.failing.load(Ordering::Relaxed) {
+        fake.calls_failed.fetch_add(1, Ordering::Relaxed);
+        return reply(StatusCode::INTERNAL_SERVER_ERROR, &error("InternalError"));
+    }
     match target {
         "AmazonSQS.SendMessageBatch" => {
             fake.batch_calls.fetch_add(1, Ordering::Relaxed);
@@ -166,7 +201,8 @@ fn send_message_batch(fake: &Fake, request: &Value) -> Value {
             fake.entries_failed.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        *seen.accepted.entry(event_id).or_default() += 1;
+        *seen.accepted.entry(event_id.clone()).or_default() += 1;
+        seen.entries.insert(event_id, entry.clone());
         successful.push(json!({"Id": id, "MessageId": format!("m-{index}"),
             "MD5OfMessageBody": "00000000000000000000000000000000"}));
     }
