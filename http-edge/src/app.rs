@@ -20,7 +20,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use carrier_ingest::v1::Outcome;
+use carrier_ingest::v1::{Outcome, QuarantineRecord, SubmitReply};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto::Builder, graceful::GracefulShutdown},
@@ -37,7 +37,7 @@ use tower::ServiceBuilder;
 use tower::{ServiceExt, limit::GlobalConcurrencyLimitLayer};
 
 use crate::{
-    auth::Incoming,
+    auth::{Incoming, Verified},
     carriers::{
         Webhook, bandwidth::Bandwidth, inteliquent::Inteliquent, message_id,
         messagebird::MessageBird, twilio::Twilio,
@@ -273,21 +273,36 @@ async fn handle<W: Webhook>(state: &AppState, incoming: Result<Incoming, EdgeErr
     let started = Instant::now();
     let result = async {
         let incoming = incoming?;
-        let verified = W::verifier(&state.verifiers)
-            .verify(&incoming)
-            .inspect_err(|reason| {
-                tracing::info!(carrier = W::NAME, %reason, "webhook rejected: authentication");
-            })?;
-        let events = W::parse(&verified)?;
-        // What the reply and the log need, taken before the events move into the call.
-        let count = events.len();
-        let first_id = events
-            .first()
-            .map(message_id)
-            .unwrap_or_default()
-            .to_owned();
-        let replies = state.core.submit(events).await?;
-        Ok::<_, EdgeError>((count, first_id, replies))
+        let verifier = W::verifier(&state.verifiers);
+        let verified = verifier.verify(&incoming).inspect_err(|reason| {
+            tracing::info!(carrier = W::NAME, %reason, "webhook rejected: authentication");
+        })?;
+        match parse_and_submit::<W>(state, &verified).await {
+            Err(error) if let Some(reason) = error.quarantine_reason() => {
+                // Authentic but unusable: keep it (durably) before the 4xx, or the carrier
+                // would lose it; if it cannot be kept, a 503 makes the carrier retry.
+                let record = quarantine_record::<W>(&incoming, verifier.describe(), reason, &error);
+                match state.core.quarantine(record).await {
+                    Ok(kept) => {
+                        tracing::info!(
+                            carrier = W::NAME,
+                            reason,
+                            record_id = %kept.record_id,
+                            duplicate = kept.outcome == Outcome::Duplicate as i32,
+                            "webhook quarantined"
+                        );
+                        Err(error)
+                    }
+                    Err(failed) => {
+                        tracing::warn!(carrier = W::NAME, reason, error = %failed, "quarantine failed; answering 503 so the carrier retries");
+                        Err(EdgeError::Core {
+                            code: tonic::Code::Unavailable,
+                        })
+                    }
+                }
+            }
+            other => other,
+        }
     }
     .await;
     let elapsed = started.elapsed();
@@ -344,6 +359,57 @@ async fn handle<W: Webhook>(state: &AppState, incoming: Result<Incoming, EdgeErr
         })
         .inc();
     response
+}
+
+/// Parse → submit for a verified call: the events' count, the first carrier message id and the
+/// core's replies.
+async fn parse_and_submit<W: Webhook>(
+    state: &AppState,
+    verified: &Verified<'_>,
+) -> Result<(usize, String, Vec<SubmitReply>), EdgeError> {
+    let events = W::parse(verified)?;
+    // What the reply and the log need, taken before the events move into the call.
+    let count = events.len();
+    let first_id = events
+        .first()
+        .map(message_id)
+        .unwrap_or_default()
+        .to_owned();
+    let replies = state.core.submit(events).await?;
+    Ok((count, first_id, replies))
+}
+
+/// The quarantine record of an authentic call that `error` kept from becoming events: the call
+/// as received, minus every header but its content type (no credentials are kept).
+fn quarantine_record<W: Webhook>(
+    incoming: &Incoming,
+    verified_by: String,
+    reason: &'static str,
+    error: &EdgeError,
+) -> QuarantineRecord {
+    let violations = match error {
+        EdgeError::Invalid(v) => v
+            .iter()
+            .map(|v| carrier_ingest::v1::FieldViolation {
+                field: v.field.clone(),
+                description: v.description.clone(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    QuarantineRecord {
+        carrier: W::CARRIER as i32,
+        method: incoming.method.as_str().to_owned(),
+        path: incoming.uri.path().to_owned(),
+        raw_query: incoming.raw_query().to_owned(),
+        content_type: incoming.header("content-type").unwrap_or("").to_owned(),
+        verified_by,
+        received_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        reason: reason.to_owned(),
+        detail: error.to_string(),
+        violations,
+        body: incoming.body.to_vec(),
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` completes: readiness turns false at once, the

@@ -3,8 +3,9 @@
 use std::{collections::HashSet, future::Future, net::SocketAddr, time::Duration};
 
 use carrier_ingest::v1::{
-    BatchEvent, SubmitBatchRequest, SubmitInboundRequest, SubmitReply, SubmitStatusRequest,
-    batch_event::Event, ingest_service_client::IngestServiceClient,
+    BatchEvent, QuarantineRecord, QuarantineReply, QuarantineRequest, SubmitBatchRequest,
+    SubmitInboundRequest, SubmitReply, SubmitStatusRequest, batch_event::Event,
+    ingest_service_client::IngestServiceClient,
 };
 use tonic::transport::channel::Change;
 use tonic::{
@@ -123,6 +124,22 @@ impl CoreClient {
         // The gRPC deadline covers the call; this also covers a connect that hangs.
         match tokio::time::timeout(self.timeout + Duration::from_millis(500), call).await {
             Ok(Ok(replies)) => Ok(replies),
+            Ok(Err(status)) => Err(from_status(&status)),
+            Err(_) => Err(EdgeError::Core {
+                code: Code::DeadlineExceeded,
+            }),
+        }
+    }
+
+    /// Hands a call that could not become events to the core's quarantine; `Ok` only once the
+    /// record is durable.
+    pub async fn quarantine(&self, record: QuarantineRecord) -> Result<QuarantineReply, EdgeError> {
+        let mut client = self.ingest.clone();
+        let call = client.quarantine(self.request(QuarantineRequest {
+            record: Some(record),
+        }));
+        match tokio::time::timeout(self.timeout + Duration::from_millis(500), call).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => Err(from_status(&status)),
             Err(_) => Err(EdgeError::Core {
                 code: Code::DeadlineExceeded,

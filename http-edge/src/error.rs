@@ -88,6 +88,18 @@ impl EdgeError {
         }
     }
 
+    /// For a call that passed authentication, whether this error means it cannot become events
+    /// (so it is quarantined), and under which reason. Failures on our side are not: the carrier
+    /// retries those.
+    pub fn quarantine_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Malformed(_) | Self::Invalid(_) | Self::UnsupportedMediaType { .. } => {
+                Some(self.kind())
+            }
+            Self::Auth(_) | Self::TooLarge | Self::Core { .. } => None,
+        }
+    }
+
     /// A short machine-readable name of the error.
     pub fn kind(&self) -> &'static str {
         match self {

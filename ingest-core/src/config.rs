@@ -89,6 +89,10 @@ pub struct CoreConfig {
     /// Queue for delivery statuses (spool: file name; SQS: queue URL).
     #[arg(long, env = "INGEST_STATUS_QUEUE", default_value = "status")]
     pub status_queue: String,
+    /// Queue for quarantined calls: authentic webhooks that could not become events (spool:
+    /// file name; SQS: queue URL).
+    #[arg(long, env = "INGEST_QUARANTINE_QUEUE", default_value = "quarantine")]
+    pub quarantine_queue: String,
     /// Dedupe backend.
     #[arg(long, env = "INGEST_DEDUPE", value_enum, default_value = "memory")]
     pub dedupe: DedupeKind,
@@ -176,6 +180,9 @@ impl CoreConfig {
         if self.status_queue.trim().is_empty() {
             problems.push("--status-queue must not be empty".to_owned());
         }
+        if self.quarantine_queue.trim().is_empty() {
+            problems.push("--quarantine-queue must not be empty".to_owned());
+        }
         if self.dedupe_ttl_secs == 0 {
             problems.push("--dedupe-ttl-secs must be positive".to_owned());
         }
@@ -229,6 +236,10 @@ impl CoreConfig {
             (
                 "--status-queue (INGEST_STATUS_QUEUE)".to_owned(),
                 &self.status_queue,
+            ),
+            (
+                "--quarantine-queue (INGEST_QUARANTINE_QUEUE)".to_owned(),
+                &self.quarantine_queue,
             ),
         ];
         for (carrier, kind, queue) in self.queue_overrides() {

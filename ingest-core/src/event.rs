@@ -114,6 +114,8 @@ fn digest(parts: &[&str]) -> String {
 struct Check<'a> {
     prefix: &'a str,
     violations: Vec<Violation>,
+    /// Carrier times that could not be read, kept raw in `context.extras` under these keys.
+    unparsed: Vec<(String, String)>,
 }
 
 impl Check<'_> {
@@ -168,15 +170,28 @@ impl Check<'_> {
         }
     }
 
+    /// A carrier time we cannot read must not cost the event: the normalized time stays empty
+    /// and the raw value is kept in `context.extras["unparsed_<field>"]`.
     fn time(&mut self, field: &str, value: &str) -> String {
-        normalize::time(value).unwrap_or_else(|e| {
-            self.fail(field, e.to_string());
+        normalize::time(value).unwrap_or_else(|_| {
+            let mut raw = value.trim().to_owned();
+            if raw.len() > MAX_EXTRA_VALUE {
+                let mut end = MAX_EXTRA_VALUE;
+                while !raw.is_char_boundary(end) {
+                    end -= 1;
+                }
+                raw.truncate(end);
+            }
+            self.unparsed.push((format!("unparsed_{field}"), raw));
             String::new()
         })
     }
 
     fn context(&mut self, context: Option<CarrierContext>) -> Option<CarrierContext> {
-        let context = context?;
+        let mut context = match (context, self.unparsed.is_empty()) {
+            (None, true) => return None,
+            (context, _) => context.unwrap_or_default(),
+        };
         if context.extras.len() > MAX_EXTRAS {
             self.fail(
                 "context.extras",
@@ -194,6 +209,7 @@ impl Check<'_> {
                 break;
             }
         }
+        context.extras.extend(self.unparsed.drain(..));
         Some(context)
     }
 }
@@ -203,6 +219,7 @@ pub fn normalize(submitted: Submitted, prefix: &str) -> Result<Normalized, Vec<V
     let mut c = Check {
         prefix,
         violations: Vec::new(),
+        unparsed: Vec::new(),
     };
     let normalized = match submitted {
         Submitted::Inbound(m) => inbound(&mut c, m),
@@ -378,6 +395,36 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_time_is_kept_raw_and_costs_nothing() {
+        let m = InboundMessage {
+            carrier_time: "next tuesday-ish".into(),
+            ..inbound_msg()
+        };
+        let n = normalize(Submitted::Inbound(m), "").unwrap();
+        let envelope::Event::Inbound(m) = n.event else {
+            panic!("inbound")
+        };
+        assert_eq!(m.carrier_time, "");
+        assert_eq!(
+            m.context.unwrap().extras["unparsed_carrier_time"],
+            "next tuesday-ish"
+        );
+        let s = DeliveryStatus {
+            carrier: Carrier::Twilio as i32,
+            carrier_message_id: "SM1".into(),
+            raw_status: "delivered".into(),
+            status_time: "1705314600".into(),
+            ..Default::default()
+        };
+        let n = normalize(Submitted::Status(s), "").unwrap();
+        let envelope::Event::Status(s) = n.event else {
+            panic!("status")
+        };
+        assert_eq!(s.status_time, "2024-01-15T10:30:00Z", "epoch seconds");
+        assert!(s.context.is_none(), "nothing unparsed, no context made up");
+    }
+
+    #[test]
     fn inbound_is_normalized_with_a_stable_id() {
         let n = normalize(Submitted::Inbound(inbound_msg()), "").unwrap();
         let again = normalize(Submitted::Inbound(inbound_msg()), "").unwrap();
@@ -442,8 +489,8 @@ mod tests {
                 "message.from",
                 "message.to",
                 "message.media[0].url",
-                "message.carrier_time"
-            ]
+            ],
+            "an unreadable time is not a violation"
         );
         let s = DeliveryStatus {
             carrier: 99,

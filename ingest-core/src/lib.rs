@@ -8,5 +8,6 @@ pub mod event;
 pub mod metrics;
 pub mod normalize;
 pub mod publish;
+pub mod quarantine;
 pub mod server;
 pub mod service;

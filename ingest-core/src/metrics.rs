@@ -76,6 +76,31 @@ pub fn queue_labels(queue: &str) -> QueueLabels {
     }
 }
 
+/// Labels of a quarantined call.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuarantineLabels {
+    /// Carrier name.
+    pub carrier: &'static str,
+    /// Why it could not become events.
+    pub reason: &'static str,
+}
+
+/// A carrier name as a static label (`other` for anything unknown).
+pub fn static_carrier(name: &str) -> &'static str {
+    ["bandwidth", "twilio", "messagebird", "inteliquent"]
+        .into_iter()
+        .find(|c| *c == name)
+        .unwrap_or("other")
+}
+
+/// A quarantine reason as a static label (`other` for anything unknown).
+pub fn static_reason(reason: &str) -> &'static str {
+    crate::quarantine::REASONS
+        .into_iter()
+        .find(|r| *r == reason)
+        .unwrap_or("other")
+}
+
 /// The core's metrics.
 #[derive(Debug)]
 pub struct CoreMetrics {
@@ -103,6 +128,8 @@ pub struct CoreMetrics {
     pub outbox_relay_failures: Family<QueueLabels, Counter>,
     /// Events refused with UNAVAILABLE because the outbox was full.
     pub outbox_full: Family<QueueLabels, Counter>,
+    /// Calls newly kept in the quarantine, by carrier and reason.
+    pub quarantined: Family<QuarantineLabels, Counter>,
 }
 
 /// The core's metrics, registered on first use.
@@ -120,6 +147,7 @@ pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
         outbox_relayed: Family::default(),
         outbox_relay_failures: Family::default(),
         outbox_full: Family::default(),
+        quarantined: Family::default(),
     };
     register(
         "ingest_events",
@@ -175,6 +203,11 @@ pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
         "ingest_outbox_relay_failures",
         "Relay calls to SQS that failed and will be retried",
         m.outbox_relay_failures.clone(),
+    );
+    register(
+        "ingest_quarantined",
+        "Authentic calls that could not become events, newly kept in the quarantine",
+        m.quarantined.clone(),
     );
     register(
         "ingest_outbox_full",

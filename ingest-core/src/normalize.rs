@@ -58,8 +58,10 @@ pub fn address(raw: &str) -> Result<String, NormalizeError> {
 
 /// Normalizes a carrier time to UTC RFC 3339; an empty input stays empty (time unknown).
 ///
-/// Accepts RFC 3339 with any offset, ISO 8601 without offset (taken as UTC), and Twilio's
-/// `RawDlrDoneDate` form `YYMMDDhhmm` (UTC).
+/// Accepts RFC 3339 with any offset, ISO 8601 without offset (taken as UTC), Twilio's
+/// `RawDlrDoneDate` form `YYMMDDhhmm` (UTC), and Unix epoch seconds (9–10 digits, optionally with
+/// a fraction) or milliseconds (13 digits), as Inteliquent and others send them. A 10-digit value
+/// that is a valid `YYMMDDhhmm` is read as that.
 pub fn time(raw: &str) -> Result<String, NormalizeError> {
     let raw = raw.trim();
     if raw.is_empty() {
@@ -78,14 +80,44 @@ pub fn time(raw: &str) -> Result<String, NormalizeError> {
         NaiveDateTime::parse_from_str(raw.trim_end_matches('Z'), "%Y-%m-%d %H:%M:%S%.f")
     {
         t.and_utc()
-    } else if raw.len() == 10 && raw.bytes().all(|b| b.is_ascii_digit()) {
-        NaiveDateTime::parse_from_str(raw, "%y%m%d%H%M")
-            .map_err(|_| NormalizeError::BadTime)?
-            .and_utc()
+    } else if let Some(t) = (raw.len() == 10 && raw.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| NaiveDateTime::parse_from_str(raw, "%y%m%d%H%M").ok())
+        .flatten()
+    {
+        t.and_utc()
+    } else if let Some(t) = epoch(raw) {
+        t
     } else {
         return Err(NormalizeError::BadTime);
     };
     Ok(utc.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+}
+
+/// Unix epoch seconds (9–10 integer digits, optional fraction) or milliseconds (13 digits).
+fn epoch(raw: &str) -> Option<DateTime<Utc>> {
+    let (int, frac) = raw.split_once('.').unwrap_or((raw, ""));
+    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if !frac.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 9 {
+        return None;
+    }
+    // Before 2100: a larger number is some other kind of value.
+    const LATEST: i64 = 4_102_444_800;
+    let t = match (int.len(), frac.is_empty()) {
+        (9 | 10, _) => {
+            let secs: i64 = int.parse().ok()?;
+            let nanos: u32 = if frac.is_empty() {
+                0
+            } else {
+                format!("{frac:0<9}").parse().ok()?
+            };
+            DateTime::from_timestamp(secs, nanos)
+        }
+        (13, true) => DateTime::from_timestamp_millis(int.parse().ok()?),
+        _ => None,
+    }?;
+    (t.timestamp() < LATEST).then_some(t)
 }
 
 /// Maps a carrier's raw status to the one vocabulary; unknown values become `Unknown`.
@@ -157,6 +189,19 @@ mod tests {
     }
 
     #[test]
+    fn epoch_times() {
+        assert_eq!(time("1705314600").unwrap(), "2024-01-15T10:30:00Z");
+        assert_eq!(time("1705314600.5").unwrap(), "2024-01-15T10:30:00.500Z");
+        assert_eq!(time("1705314600123").unwrap(), "2024-01-15T10:30:00.123Z");
+        // A valid YYMMDDhhmm wins over epoch seconds (Twilio's RawDlrDoneDate).
+        assert_eq!(time("2401151030").unwrap(), "2024-01-15T10:30:00Z");
+        assert!(time("12345").is_err());
+        assert!(time("1705314600.").is_ok());
+        assert!(time("17053146001234").is_err());
+        assert!(time("-1705314600").is_err());
+    }
+
+    #[test]
     fn times() {
         assert_eq!(
             time("2024-01-15T10:30:00.000Z").unwrap(),
@@ -191,7 +236,8 @@ mod tests {
         );
         assert_eq!(time("").unwrap(), "");
         assert_eq!(time("yesterday"), Err(NormalizeError::BadTime));
-        assert_eq!(time("2499999999"), Err(NormalizeError::BadTime));
+        // Neither YYMMDDhhmm nor an epoch second before 2100.
+        assert_eq!(time("4999999999"), Err(NormalizeError::BadTime));
     }
 
     #[test]

@@ -128,6 +128,7 @@ pub async fn build_pipeline_with(
     let routes = Routes {
         inbound: config.inbound_queue.clone(),
         status: config.status_queue.clone(),
+        quarantine: config.quarantine_queue.clone(),
         overrides: config
             .queue_overrides()
             .into_iter()

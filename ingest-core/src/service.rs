@@ -3,8 +3,8 @@
 use std::{collections::HashMap, sync::Arc};
 
 use carrier_ingest::v1::{
-    Carrier, Outcome, SubmitBatchReply, SubmitBatchRequest, SubmitInboundRequest, SubmitReply,
-    SubmitStatusRequest, ingest_service_server::IngestService,
+    Carrier, Outcome, QuarantineReply, QuarantineRequest, SubmitBatchReply, SubmitBatchRequest,
+    SubmitInboundRequest, SubmitReply, SubmitStatusRequest, ingest_service_server::IngestService,
 };
 use futures_util::future::join_all;
 use tonic::{Code, Request, Response, Status};
@@ -15,7 +15,8 @@ use crate::{
     dedupe::{Claim, DedupeError, DedupeStore},
     event::{self, Normalized, Submitted, Violation},
     metrics,
-    publish::{EventKind, PublishError, Publisher},
+    publish::{EventKind, OutboundEvent, PublishError, Publisher},
+    quarantine,
 };
 
 /// Most events in one `SubmitBatch`.
@@ -28,6 +29,8 @@ pub struct Routes {
     pub inbound: String,
     /// Queue for delivery statuses.
     pub status: String,
+    /// Queue for quarantined calls.
+    pub quarantine: String,
     /// Queues that replace `inbound` or `status` for one carrier.
     pub overrides: HashMap<(Carrier, EventKind), String>,
 }
@@ -46,8 +49,13 @@ impl Routes {
 
     /// Every configured queue, once each, for readiness checks.
     pub fn all(&self) -> Vec<String> {
-        let mut queues = vec![self.inbound.clone(), self.status.clone()];
+        let mut queues = vec![
+            self.inbound.clone(),
+            self.status.clone(),
+            self.quarantine.clone(),
+        ];
         queues.extend(self.overrides.values().cloned());
+        queues.retain(|q| !q.is_empty());
         queues.sort();
         queues.dedup();
         queues
@@ -186,54 +194,111 @@ impl Pipeline {
                 })
                 .inc();
         };
+        let queue = self.routes.queue(event.carrier, event.kind);
+        let status = event::status_name(event.status);
         let event_id = event.event_id.clone();
-        let token = match self.dedupe.claim(&event_id).await {
-            Ok(Claim::Duplicate) => {
+        let outbound = event.into_outbound();
+        match self.publish_once(&event_id, queue, &outbound).await {
+            Ok(Outcome::Duplicate) => {
                 tracing::info!(outcome = "duplicate", "event already published");
                 count("duplicate");
-                return Ok(reply(event_id, Outcome::Duplicate));
+                Ok(reply(event_id, Outcome::Duplicate))
             }
+            Ok(outcome) => {
+                count("accepted");
+                tracing::info!(outcome = "accepted", status, "event published");
+                Ok(reply(event_id, outcome))
+            }
+            Err(error) => {
+                count("failed");
+                Err(error)
+            }
+        }
+    }
+
+    /// Claim → publish → commit for one message with dedupe id `id`: `Duplicate` if it was
+    /// published before, `Accepted` once it is durable; a failed publish releases the claim.
+    async fn publish_once(
+        &self,
+        id: &str,
+        queue: &str,
+        outbound: &OutboundEvent,
+    ) -> Result<Outcome, IngestError> {
+        let token = match self.dedupe.claim(id).await {
+            Ok(Claim::Duplicate) => return Ok(Outcome::Duplicate),
             Ok(Claim::Acquired(token)) => token,
             Err(error) => {
                 tracing::error!(%error, "dedupe claim failed");
-                count("failed");
                 return Err(error.into());
             }
         };
-        let queue = self.routes.queue(event.carrier, event.kind);
-        let status = event::status_name(event.status);
-        let outbound = event.into_outbound();
         let started = std::time::Instant::now();
-        let published = self.publisher.publish(queue, &outbound).await;
+        let published = self.publisher.publish(queue, outbound).await;
         metrics::CORE
             .publish_seconds
             .get_or_create(&metrics::BackendLabels {
                 backend: self.publisher.name(),
             })
             .observe(started.elapsed().as_secs_f64());
-        count(if published.is_ok() {
-            "accepted"
-        } else {
-            "failed"
-        });
         match published {
             Ok(()) => {
-                if let Err(error) = self.dedupe.commit(&event_id, &token).await {
-                    // The event is durable; a retry may publish it again, which consumers absorb
-                    // by event_id. Failing the call now would only cause that retry.
+                if let Err(error) = self.dedupe.commit(id, &token).await {
+                    // The message is durable; a retry may publish it again, which consumers
+                    // absorb by id. Failing the call now would only cause that retry.
                     tracing::warn!(%error, "dedupe commit failed after publish");
                 }
-                tracing::info!(outcome = "accepted", status, "event published");
-                Ok(reply(event_id, Outcome::Accepted))
+                Ok(Outcome::Accepted)
             }
             Err(error) => {
-                tracing::error!(%error, queue, "publish failed");
-                if let Err(release) = self.dedupe.release(&event_id, &token).await {
+                tracing::error!(%error, queue = %crate::publish::queue_name(queue), "publish failed");
+                if let Err(release) = self.dedupe.release(id, &token).await {
                     tracing::warn!(error = %release, "dedupe release failed; claim will lapse");
                 }
                 Err(error.into())
             }
         }
+    }
+
+    /// Keeps one quarantine entry on the quarantine queue, once per record id.
+    pub async fn quarantine(
+        self: &Arc<Self>,
+        entry: quarantine::Entry,
+    ) -> Result<Outcome, IngestError> {
+        let this = self.clone();
+        let span = tracing::info_span!(
+            "quarantine",
+            carrier = %entry.carrier,
+            reason = %entry.reason,
+            record_id = %entry.record_id,
+        );
+        // Its own task, like `ingest`: a caller giving up cannot leave a claim half-settled.
+        tokio::spawn(
+            async move {
+                let outbound = entry.to_outbound();
+                let outcome = this
+                    .publish_once(&outbound.event_id, &this.routes.quarantine, &outbound)
+                    .await?;
+                if outcome == Outcome::Accepted {
+                    metrics::CORE
+                        .quarantined
+                        .get_or_create(&metrics::QuarantineLabels {
+                            carrier: metrics::static_carrier(&entry.carrier),
+                            reason: metrics::static_reason(&entry.reason),
+                        })
+                        .inc();
+                    tracing::info!(body_bytes = entry.body_bytes().len(), "call quarantined");
+                } else {
+                    tracing::info!("call already quarantined");
+                }
+                Ok(outcome)
+            }
+            .instrument(span),
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "quarantine task failed");
+            IngestError::Internal
+        })?
     }
 }
 
@@ -361,6 +426,25 @@ impl IngestService for IngestGrpc {
         let results = results.into_iter().collect::<Result<Vec<_>, _>>()?;
         Ok(Response::new(SubmitBatchReply { results }))
     }
+
+    async fn quarantine(
+        &self,
+        request: Request<QuarantineRequest>,
+    ) -> Result<Response<QuarantineReply>, Status> {
+        let record = request
+            .into_inner()
+            .record
+            .ok_or_else(|| missing("record"))?;
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let entry = quarantine::entry(record, &now).map_err(IngestError::Invalid)?;
+        let (record_id, body_sha256) = (entry.record_id.clone(), entry.body_sha256.clone());
+        let outcome = self.pipeline.quarantine(entry).await?;
+        Ok(Response::new(QuarantineReply {
+            record_id,
+            outcome: outcome as i32,
+            body_sha256,
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -372,6 +456,7 @@ mod tests {
         let routes = Routes {
             inbound: "in".into(),
             status: "st".into(),
+            quarantine: "q".into(),
             overrides: HashMap::from([
                 ((Carrier::Twilio, EventKind::Status), "tw-st".to_owned()),
                 ((Carrier::Bandwidth, EventKind::Inbound), "in".to_owned()),
@@ -380,6 +465,6 @@ mod tests {
         assert_eq!(routes.queue(Carrier::Twilio, EventKind::Status), "tw-st");
         assert_eq!(routes.queue(Carrier::Twilio, EventKind::Inbound), "in");
         assert_eq!(routes.queue(Carrier::Messagebird, EventKind::Status), "st");
-        assert_eq!(routes.all(), ["in", "st", "tw-st"]);
+        assert_eq!(routes.all(), ["in", "q", "st", "tw-st"]);
     }
 }

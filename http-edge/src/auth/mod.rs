@@ -61,6 +61,12 @@ impl<'a> Verified<'a> {
         Self(incoming)
     }
 
+    /// A call read back from the quarantine, which only holds calls that were verified on
+    /// arrival (the scheme is in the record). Only the replay of quarantined records may use it.
+    pub fn from_quarantine(incoming: &'a Incoming) -> Self {
+        Self(incoming)
+    }
+
     /// The verified call.
     pub fn request(&self) -> &'a Incoming {
         self.0

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     MAX_EVENTS_PER_CALL, Webhook, extras, invalid, json_body, opt_string, parse_count,
-    require_content_type, string_list,
+    require_content_type, string_list, url_list,
 };
 use crate::{
     auth::{Verified, Verifier},
@@ -72,7 +72,7 @@ struct BwMessage {
     text: Option<String>,
     #[serde(default, deserialize_with = "opt_string")]
     tag: Option<String>,
-    #[serde(default, deserialize_with = "string_list")]
+    #[serde(default, deserialize_with = "url_list")]
     media: Vec<String>,
     #[serde(default, deserialize_with = "opt_string")]
     priority: Option<String>,
@@ -80,13 +80,13 @@ struct BwMessage {
     channel: Option<String>,
 }
 
-const STATUS_TYPES: [&str; 5] = [
-    "message-sending",
-    "message-sent",
-    "message-delivered",
-    "message-failed",
-    "message-read",
-];
+/// Every `message-*` type other than `message-received` is a status of an outbound message:
+/// the documented ones (`message-sending`, `-sent`, `-delivered`, `-failed`, `-read`) and any
+/// Bandwidth adds later, which become status `UNKNOWN` with the raw type kept.
+fn is_status_type(kind: &str) -> bool {
+    kind.strip_prefix("message-")
+        .is_some_and(|rest| !rest.is_empty() && rest != "received")
+}
 
 fn convert(i: usize, event: BwEvent, destination: &str) -> Result<Event, EdgeError> {
     let kind = event.kind.unwrap_or_default();
@@ -140,7 +140,7 @@ fn convert(i: usize, event: BwEvent, destination: &str) -> Result<Event, EdgeErr
             context,
         }));
     }
-    if !STATUS_TYPES.contains(&kind.as_str()) {
+    if !is_status_type(&kind) {
         return Err(invalid(
             format!("[{i}].type"),
             "is not a known Bandwidth message event type",
@@ -172,6 +172,7 @@ fn convert(i: usize, event: BwEvent, destination: &str) -> Result<Event, EdgeErr
 
 impl Webhook for Bandwidth {
     const NAME: &'static str = "bandwidth";
+    const CARRIER: Carrier = Carrier::Bandwidth;
 
     fn verifier(verifiers: &Verifiers) -> &dyn Verifier {
         verifiers.bandwidth.as_ref()

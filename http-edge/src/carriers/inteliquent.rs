@@ -67,6 +67,7 @@ fn required(violations: &mut Vec<FieldViolation>, field: &str, value: Option<&st
 
 impl Webhook for Inteliquent {
     const NAME: &'static str = "inteliquent";
+    const CARRIER: Carrier = Carrier::Inteliquent;
     const INVALID_STATUS: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
 
     fn verifier(verifiers: &Verifiers) -> &dyn Verifier {

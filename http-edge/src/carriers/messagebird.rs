@@ -51,6 +51,7 @@ struct MbPayload {
 
 impl Webhook for MessageBird {
     const NAME: &'static str = "messagebird";
+    const CARRIER: Carrier = Carrier::Messagebird;
 
     fn verifier(verifiers: &Verifiers) -> &dyn Verifier {
         verifiers.messagebird.as_ref()

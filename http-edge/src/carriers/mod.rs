@@ -26,6 +26,8 @@ pub const MAX_EVENTS_PER_CALL: usize = 100;
 pub trait Webhook: Send + Sync + 'static {
     /// Carrier name for logs and metrics.
     const NAME: &'static str;
+    /// The carrier, for quarantine records.
+    const CARRIER: carrier_ingest::v1::Carrier;
     /// Status for a well-formed body with invalid fields.
     const INVALID_STATUS: StatusCode = StatusCode::BAD_REQUEST;
     /// This carrier's verifier.
@@ -119,6 +121,25 @@ pub fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Er
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items.into_iter().map(text).collect(),
         Some(v) => Ok(vec![text(v)?]),
+    }
+}
+
+/// Deserializes media as URL strings or as objects carrying one (`url`, `mediaUrl`, `href`),
+/// since carriers have sent both; null or absent as empty.
+pub fn url_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    use serde_json::Value;
+    let url = |v: Value| match v {
+        Value::String(s) => Ok(s),
+        Value::Object(o) => ["url", "mediaUrl", "href"]
+            .iter()
+            .find_map(|k| o.get(*k).and_then(Value::as_str).map(str::to_owned))
+            .ok_or_else(|| D::Error::custom("a media object needs a url")),
+        _ => Err(D::Error::custom("expected a URL or a media object")),
+    };
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items.into_iter().map(url).collect(),
+        Some(v) => Ok(vec![url(v)?]),
     }
 }
 

@@ -36,6 +36,7 @@ pub fn form_params(body: &[u8]) -> Result<Vec<(String, String)>, EdgeError> {
 
 impl Webhook for Twilio {
     const NAME: &'static str = "twilio";
+    const CARRIER: Carrier = Carrier::Twilio;
 
     fn verifier(verifiers: &Verifiers) -> &dyn Verifier {
         verifiers.twilio.as_ref()

@@ -13,6 +13,7 @@ mod harness;
 mod lifecycle;
 mod outage;
 mod production;
+mod quarantine;
 // moto and redis-server, started the same way as in ingest-core's backend tests.
 #[path = "../../../ingest-core/tests/backends/servers.rs"]
 mod servers;

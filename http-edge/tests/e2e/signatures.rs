@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 
 use crate::{harness::Edge, servers::free_port, spec::BANDWIDTH_INBOUND};
 
-const PUBLIC: &str = "https://hooks.example.com";
+pub(crate) const PUBLIC: &str = "https://hooks.example.com";
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -25,7 +25,7 @@ fn now() -> i64 {
 }
 
 /// Twilio: base64 HMAC-SHA1(token, url + each name+value, names sorted, values sorted).
-fn twilio_signature(token: &str, url: &str, form: &str) -> String {
+pub(crate) fn twilio_signature(token: &str, url: &str, form: &str) -> String {
     let mut params: Vec<(String, String)> = form_urlencoded::parse(form.as_bytes())
         .into_owned()
         .collect();
@@ -41,7 +41,7 @@ fn twilio_signature(token: &str, url: &str, form: &str) -> String {
 }
 
 /// MessageBird legacy: base64 HMAC-SHA256(key, ts \n sorted query \n sha256(body) raw).
-fn messagebird_legacy(key: &str, ts: i64, query: &str, body: &[u8]) -> String {
+pub(crate) fn messagebird_legacy(key: &str, ts: i64, query: &str, body: &[u8]) -> String {
     let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();

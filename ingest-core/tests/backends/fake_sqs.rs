@@ -179,7 +179,12 @@ fn send_message_batch(fake: &Fake, request: &Value) -> Value {
         let body = entry["MessageBody"].as_str().unwrap_or_default();
         let event_id = serde_json::from_str::<Value>(body)
             .ok()
-            .and_then(|b| b["eventId"].as_str().map(str::to_owned))
+            .and_then(|b| {
+                b["eventId"]
+                    .as_str()
+                    .or_else(|| b["recordId"].as_str())
+                    .map(str::to_owned)
+            })
             .unwrap_or_default();
         if body.contains("poison") {
             failed.push(
