@@ -8,5 +8,6 @@ pub mod auth;
 pub mod carriers;
 pub mod config;
 pub mod core_client;
+pub mod ctl;
 pub mod error;
 pub mod secret;

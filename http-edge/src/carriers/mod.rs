@@ -39,6 +39,18 @@ pub trait Webhook: Send + Sync + 'static {
     fn accepted(message_id: &str) -> Response;
 }
 
+/// Runs the named carrier's parser (`bandwidth`, `twilio`, `messagebird`, `inteliquent`) over a
+/// verified call; `None` for a name that is no carrier of ours.
+pub fn parse_for(carrier: &str, request: &Verified<'_>) -> Option<Result<Vec<Event>, EdgeError>> {
+    Some(match carrier {
+        bandwidth::Bandwidth::NAME => bandwidth::Bandwidth::parse(request),
+        twilio::Twilio::NAME => twilio::Twilio::parse(request),
+        messagebird::MessageBird::NAME => messagebird::MessageBird::parse(request),
+        inteliquent::Inteliquent::NAME => inteliquent::Inteliquent::parse(request),
+        _ => return None,
+    })
+}
+
 /// The carrier message id of an event, for replies and logs.
 pub fn message_id(event: &Event) -> &str {
     match event {

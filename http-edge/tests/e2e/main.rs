@@ -14,6 +14,7 @@ mod lifecycle;
 mod outage;
 mod production;
 mod quarantine;
+mod replay;
 // moto and redis-server, started the same way as in ingest-core's backend tests.
 #[path = "../../../ingest-core/tests/backends/servers.rs"]
 mod servers;
