@@ -86,6 +86,8 @@ async fn main() {
             &queue,
             "--status-queue",
             &queue,
+            "--quarantine-queue",
+            &queue,
         ])
         .env_clear()
         .env("RUST_LOG", "warn")

@@ -473,16 +473,19 @@ mod tests {
     #[test]
     fn sqs_needs_queue_urls_everywhere() {
         let problems = parse(&["--publisher=sqs", "--twilio-status-queue=status"]).problems();
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(problems[0].contains("INGEST_INBOUND_QUEUE"));
         assert!(problems[1].contains("INGEST_STATUS_QUEUE"));
-        assert!(problems[2].contains("INGEST_TWILIO_STATUS_QUEUE"));
+        assert!(problems[2].contains("INGEST_QUARANTINE_QUEUE"));
+        assert!(problems[3].contains("INGEST_TWILIO_STATUS_QUEUE"));
         let ok = parse(&[
             "--publisher=sqs",
             "--inbound-queue",
             Q,
             "--status-queue",
             "http://127.0.0.1:5000/123456789012/st.fifo",
+            "--quarantine-queue",
+            Q,
         ]);
         assert!(ok.problems().is_empty(), "{:?}", ok.problems());
         let slow = parse(&[
@@ -490,6 +493,8 @@ mod tests {
             "--inbound-queue",
             Q,
             "--status-queue",
+            Q,
+            "--quarantine-queue",
             Q,
             "--sqs-publish-timeout-ms=10000",
         ]);

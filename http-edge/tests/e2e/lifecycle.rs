@@ -84,7 +84,9 @@ async fn metrics_on_the_admin_listener_count_outcomes() {
         r#"ingest_events_total{carrier="twilio",kind="inbound",outcome="accepted"} 1"#,
         r#"ingest_events_total{carrier="twilio",kind="inbound",outcome="duplicate"} 1"#,
         r#"ingest_events_total{carrier="twilio",kind="inbound",outcome="invalid"} 1"#,
-        r#"ingest_publish_duration_seconds_count{backend="spool"} 1"#,
+        // The accepted event and the quarantine record of the invalid call.
+        r#"ingest_publish_duration_seconds_count{backend="spool"} 2"#,
+        r#"ingest_quarantined_total{carrier="twilio",reason="invalid_request"} 1"#,
         "ingest_core_ready 1",
     ] {
         assert!(text.contains(line), "missing {line} in:\n{text}");

@@ -16,6 +16,7 @@ fn sqs_env(fake: &FakeSqs, queue: &str) -> Vec<(&'static str, String)> {
         ("INGEST_PUBLISHER", "sqs".into()),
         ("INGEST_INBOUND_QUEUE", queue.to_owned()),
         ("INGEST_STATUS_QUEUE", queue.to_owned()),
+        ("INGEST_QUARANTINE_QUEUE", queue.to_owned()),
         ("AWS_ENDPOINT_URL", format!("http://{}", fake.addr)),
         ("AWS_REGION", "us-east-1".into()),
         ("AWS_ACCESS_KEY_ID", "test".into()),

@@ -37,6 +37,8 @@ async fn events_land_on_their_queues_with_attributes_and_fifo_ids() {
         &inbound_q,
         "--status-queue",
         &status_q,
+        "--quarantine-queue",
+        &status_q,
         "--twilio-inbound-queue",
         &twilio_q,
         "--dedupe=redis",

@@ -41,6 +41,8 @@ pub(crate) fn sqs_redis_flags<'a>(
         queue,
         "--status-queue",
         queue,
+        "--quarantine-queue",
+        queue,
         "--dedupe=redis",
         "--redis-url",
         redis_url,
