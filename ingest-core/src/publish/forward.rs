@@ -21,7 +21,10 @@ use super::{
 };
 
 /// Records one relay round reads (and confirms) at most.
-const ROUND: usize = 100;
+const ROUND: usize = 400;
+/// Lanes a FIFO queue's round is spread over: a group always takes the same lane, and a lane
+/// sends one call at a time, so each group keeps its order while groups go in parallel.
+const FIFO_LANES: usize = 8;
 /// Longest pause between relay attempts while SQS fails.
 const MAX_RELAY_BACKOFF: Duration = Duration::from_secs(2);
 /// How often idle relays refresh the outbox gauges and probe an open circuit.
@@ -228,13 +231,22 @@ async fn relay(sqs: Arc<SqsPublisher>, log: Arc<QueueLog>) {
             .oldest_ms
             .store(batch.records[0].at, std::sync::atomic::Ordering::Relaxed);
         log.update_metrics();
-        let chunks = split(&queue, &batch.records);
         if is_fifo(&queue) {
-            // One call at a time keeps each group's order as stored.
-            for chunk in chunks {
-                deliver(&sqs, &log, &queue, chunk).await;
+            let mut lanes: Vec<Vec<&Record>> = vec![Vec::new(); FIFO_LANES];
+            for r in &batch.records {
+                lanes[lane(&r.event.group_id)].push(r);
             }
+            join_all(lanes.into_iter().filter(|l| !l.is_empty()).map(|lane| {
+                let (sqs, log, queue) = (&sqs, &log, &queue);
+                async move {
+                    for chunk in split(queue, lane) {
+                        deliver(sqs, log, queue, chunk).await;
+                    }
+                }
+            }))
+            .await;
         } else {
+            let chunks = split(&queue, batch.records.iter());
             join_all(chunks.into_iter().map(|c| deliver(&sqs, &log, &queue, c))).await;
         }
         started.1 += batch.records.len() as u64;
@@ -252,8 +264,16 @@ async fn relay(sqs: Arc<SqsPublisher>, log: Arc<QueueLog>) {
     }
 }
 
+/// The FIFO lane of a message group.
+fn lane(group_id: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    group_id.hash(&mut h);
+    (h.finish() % FIFO_LANES as u64) as usize
+}
+
 /// Splits records into `SendMessageBatch`-sized chunks, in order.
-fn split<'a>(queue: &str, records: &'a [Record]) -> Vec<Vec<&'a Record>> {
+fn split<'a>(queue: &str, records: impl IntoIterator<Item = &'a Record>) -> Vec<Vec<&'a Record>> {
     let mut chunks: Vec<Vec<&Record>> = Vec::new();
     let mut bytes = 0;
     for r in records {
@@ -336,6 +356,32 @@ async fn deliver(sqs: &SqsPublisher, log: &QueueLog, queue: &str, chunk: Vec<&Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_keep_order_and_sqs_limits_and_groups_keep_their_lane() {
+        let record = |i: usize, size: usize| Record {
+            at: 0,
+            event: OutboundEvent {
+                event_id: i.to_string(),
+                body: "x".repeat(size),
+                group_id: format!("g{}", i % 3),
+                attributes: Vec::new(),
+            },
+        };
+        let records: Vec<Record> = (0..25).map(|i| record(i, 10)).collect();
+        let chunks = split("q", &records);
+        assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), [10, 10, 5]);
+        let order: Vec<&str> = chunks
+            .iter()
+            .flatten()
+            .map(|r| r.event.event_id.as_str())
+            .collect();
+        assert_eq!(order, (0..25).map(|i| i.to_string()).collect::<Vec<_>>());
+        let big: Vec<Record> = (0..3).map(|i| record(i, MAX_BATCH_BYTES / 2 + 1)).collect();
+        assert_eq!(split("q", &big).len(), 3, "the size limit splits too");
+        assert_eq!(lane("g1"), lane("g1"));
+        assert!(lane("g2") < FIFO_LANES);
+    }
 
     #[test]
     fn relay_backoff_is_capped_with_jitter() {
