@@ -548,12 +548,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<i32, CtlError> {
                 .collect();
             if cli.json {
                 let summaries: Vec<_> = records.iter().map(summary).collect();
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&summaries).unwrap_or_default()
-                )
-                .ok();
+                print_json(out, &summaries);
             } else {
                 let rows: Vec<Vec<String>> = records
                     .iter()
@@ -591,12 +586,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<i32, CtlError> {
                     .iter()
                     .map(|((c, r), n)| serde_json::json!({"carrier": c, "reason": r, "count": n}))
                     .collect();
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&v).unwrap_or_default()
-                )
-                .ok();
+                print_json(out, &v);
             } else {
                 let rows: Vec<Vec<String>> = counts
                     .iter()
@@ -621,12 +611,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<i32, CtlError> {
                 )));
             };
             if cli.json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(entry).unwrap_or_default()
-                )
-                .ok();
+                print_json(out, &entry);
             } else {
                 show(out, entry);
             }
@@ -755,12 +740,7 @@ fn report_replay(
             .iter()
             .map(|(id, carrier, r)| serde_json::json!({"recordId": id, "carrier": carrier, "result": r, "dryRun": dry_run}))
             .collect();
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&v).unwrap_or_default()
-        )
-        .ok();
+        print_json(out, &v);
         return;
     }
     let verb = if dry_run { "would replay" } else { "replayed" };
@@ -825,13 +805,7 @@ fn outbox_state(cli: &Cli, out: &mut impl Write) -> Result<i32, CtlError> {
     }
     let outbox = outbox::inspect(&cli.data_dir.join("outbox"))?;
     if cli.json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"spool": spool, "outbox": outbox}))
-                .unwrap_or_default()
-        )
-        .ok();
+        print_json(out, &serde_json::json!({"spool": spool, "outbox": outbox}));
         return Ok(EXIT_OK);
     }
     writeln!(out, "spool ({})", cli.data_dir.display()).ok();
@@ -875,6 +849,16 @@ fn outbox_state(cli: &Cli, out: &mut impl Write) -> Result<i32, CtlError> {
         &rows,
     );
     Ok(EXIT_OK)
+}
+
+/// Pretty JSON on its own lines, for `--json`.
+fn print_json(out: &mut impl Write, value: &impl Serialize) {
+    // Serializing plain data cannot fail; a closed stdout is not worth a panic.
+    let _ = writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
 
 /// A plain text table with aligned columns.
