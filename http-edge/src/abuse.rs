@@ -92,6 +92,7 @@ pub struct Abuse {
     clients: PublicUrl,
     allowlists: HashMap<&'static str, Vec<IpNet>>,
     started: Instant,
+    sweep_every: Duration,
     /// Milliseconds after `started` of the next sweep of idle clients.
     next_sweep_ms: AtomicU64,
 }
@@ -205,6 +206,7 @@ impl Abuse {
             clients,
             allowlists,
             started: Instant::now(),
+            sweep_every: SWEEP_EVERY,
             next_sweep_ms: AtomicU64::new(SWEEP_EVERY.as_millis() as u64),
         }
     }
@@ -259,7 +261,7 @@ impl Abuse {
                 .next_sweep_ms
                 .compare_exchange(
                     due,
-                    now_ms + SWEEP_EVERY.as_millis() as u64,
+                    now_ms + self.sweep_every.as_millis() as u64,
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 )
@@ -494,6 +496,30 @@ mod tests {
         ));
         assert!(abuse.check("twilio", peer("192.0.2.2"), &h).is_ok());
         assert_eq!(abuse.tracked_clients(), 2);
+    }
+
+    #[test]
+    fn idle_clients_leave_the_table() {
+        let mut abuse = Abuse::from_config(
+            &config(&["--rate-limit-per-sec", "1000", "--rate-limit-burst", "1"]),
+            None,
+        )
+        .unwrap();
+        abuse.sweep_every = Duration::ZERO;
+        abuse.next_sweep_ms = AtomicU64::new(0);
+        let h = HeaderMap::new();
+        for i in 1..=50 {
+            assert!(
+                abuse
+                    .check("twilio", peer(&format!("192.0.2.{i}")), &h)
+                    .is_ok()
+            );
+        }
+        assert!(abuse.tracked_clients() >= 49);
+        // Each budget refills in 1 ms; the next call sweeps the idle ones away.
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(abuse.check("twilio", peer("198.51.100.1"), &h).is_ok());
+        assert!(abuse.tracked_clients() <= 1, "{}", abuse.tracked_clients());
     }
 
     #[test]
