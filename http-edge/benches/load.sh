@@ -11,7 +11,8 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 cargo build --release -p http-edge --bin http-edge >/dev/null
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 http=$(port); grpc=$(port); data=$(mktemp -d)
-RUST_LOG=warn target/release/http-edge --dev --listen 127.0.0.1:$http --grpc-listen 127.0.0.1:$grpc \
+# wrk is a single client address: the per-client rate limit (--rate-limit-per-sec) is off here.
+RUST_LOG=warn target/release/http-edge --dev --rate-limit-per-sec 0 --listen 127.0.0.1:$http --grpc-listen 127.0.0.1:$grpc \
     --data-dir "$data" 2>"$data/edge.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$data"' EXIT

@@ -37,6 +37,7 @@ use tower::ServiceBuilder;
 use tower::{ServiceExt, limit::GlobalConcurrencyLimitLayer};
 
 use crate::{
+    abuse::{self, Abuse},
     auth::{Incoming, Verified},
     carriers::{
         Webhook, bandwidth::Bandwidth, inteliquent::Inteliquent, message_id,
@@ -100,6 +101,7 @@ pub struct HttpLimits {
 pub struct AppState {
     core: CoreClient,
     verifiers: Verifiers,
+    abuse: Arc<Abuse>,
     draining: Arc<AtomicBool>,
 }
 
@@ -109,26 +111,49 @@ impl AppState {
         Self {
             core,
             verifiers,
+            abuse: Arc::new(Abuse::off()),
             draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The same state with per-client rate limits and source allowlists on every webhook route.
+    pub fn with_abuse(self, abuse: Abuse) -> Self {
+        Self {
+            abuse: Arc::new(abuse),
+            ..self
         }
     }
 }
 
 /// The router with every endpoint of the spec, plus `/livez` and `/readyz`.
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
+    // Rate limit and allowlist first on each carrier's routes: decided from the peer and the
+    // headers, before the body is read.
+    let abuse = &state.abuse;
     let webhooks = Router::new()
         .route(
             "/bandwidth/{destination}",
-            post(bandwidth).options(|| preflight(false)),
+            post(bandwidth)
+                .options(|| preflight(false))
+                .layer(abuse.layer(Bandwidth::NAME)),
         )
-        .route("/twilio", post(webhook::<Twilio>).get(webhook::<Twilio>))
+        .route(
+            "/twilio",
+            post(webhook::<Twilio>)
+                .get(webhook::<Twilio>)
+                .layer(abuse.layer(Twilio::NAME)),
+        )
         .route(
             "/messagebird",
-            post(webhook::<MessageBird>).get(webhook::<MessageBird>),
+            post(webhook::<MessageBird>)
+                .get(webhook::<MessageBird>)
+                .layer(abuse.layer(MessageBird::NAME)),
         )
         .route(
             "/webhooks/inteliquent",
-            post(webhook::<Inteliquent>).options(|| preflight(true)),
+            post(webhook::<Inteliquent>)
+                .options(|| preflight(true))
+                .layer(abuse.layer(Inteliquent::NAME)),
         )
         .layer(DefaultBodyLimit::max(limits.body_bytes))
         .layer(
@@ -274,9 +299,8 @@ async fn handle<W: Webhook>(state: &AppState, incoming: Result<Incoming, EdgeErr
     let result = async {
         let incoming = incoming?;
         let verifier = W::verifier(&state.verifiers);
-        let verified = verifier.verify(&incoming).inspect_err(|reason| {
-            tracing::info!(carrier = W::NAME, %reason, "webhook rejected: authentication");
-        })?;
+        // The reason of a rejection is logged (rate-limited) with the reply below.
+        let verified = verifier.verify(&incoming)?;
         match parse_and_submit::<W>(state, &verified).await {
             Err(error) if let Some(reason) = error.quarantine_reason() => {
                 // Authentic but unusable: keep it (durably) before the 4xx, or the carrier
@@ -345,8 +369,9 @@ async fn handle<W: Webhook>(state: &AppState, incoming: Result<Incoming, EdgeErr
             let status = error.status(W::INVALID_STATUS);
             if status.is_server_error() {
                 tracing::warn!(carrier = W::NAME, %status, %error, elapsed_ms, "webhook failed; carrier will retry");
-            } else {
-                tracing::info!(carrier = W::NAME, %status, %error, elapsed_ms, "webhook refused");
+            } else if let Some(suppressed) = abuse::REFUSAL_LOG.permit() {
+                // Anyone can cause a 4xx (the auth reason is in `error`): a bounded number of lines.
+                tracing::info!(carrier = W::NAME, %status, %error, elapsed_ms, suppressed, "webhook refused");
             }
             error.into_response_with(W::INVALID_STATUS)
         }

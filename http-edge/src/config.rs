@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use ingest_core::config::{CoreConfig, RuntimeConfig};
 
 use crate::{
+    abuse::AbuseConfig,
     auth::{
         AllOf, BasicVerifier, BearerVerifier, BodyHmacVerifier, Disabled, FailClosed,
         MessageBirdPolicy, MessageBirdScheme, MessageBirdVerifier, PublicUrl, TwilioVerifier,
@@ -23,6 +24,9 @@ pub struct EdgeCli {
     /// Carrier credentials.
     #[command(flatten)]
     pub secrets: SecretsConfig,
+    /// Per-client rate limits and source allowlists.
+    #[command(flatten)]
+    pub abuse: AbuseConfig,
     /// Core settings, used when the core runs embedded (`--embedded-core`).
     #[command(flatten)]
     pub core: CoreConfig,

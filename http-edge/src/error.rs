@@ -41,6 +41,15 @@ pub enum EdgeError {
     /// The body is well-formed but fields are missing or invalid.
     #[error("invalid event")]
     Invalid(Vec<FieldViolation>),
+    /// This client sent more calls than its rate limit allows (429 with `Retry-After`).
+    #[error("rate limit exceeded; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Whole seconds until the client may call again (at least 1).
+        retry_after_secs: u64,
+    },
+    /// The call came from an address outside this carrier's source allowlist (403).
+    #[error("source address not allowed for this carrier")]
+    SourceNotAllowed,
     /// The core answered with an error, or could not be reached.
     #[error("core call failed: {code:?}")]
     Core {
@@ -84,6 +93,8 @@ impl EdgeError {
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::Invalid(_) => invalid,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::SourceNotAllowed => StatusCode::FORBIDDEN,
             Self::Core { code } => http_status_for(*code),
         }
     }
@@ -109,6 +120,8 @@ impl EdgeError {
             Self::TooLarge => "payload_too_large",
             Self::Malformed(_) => "malformed_request",
             Self::Invalid(_) => "invalid_request",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::SourceNotAllowed => "forbidden",
             Self::Core { .. } => "unavailable",
         }
     }
@@ -125,7 +138,12 @@ impl EdgeError {
                 "temporarily unable to take this event; retry later".to_owned()
             }
             Self::Core { .. } => "the event was rejected".to_owned(),
+            Self::RateLimited { .. } => "too many requests; retry later".to_owned(),
             other => other.to_string(),
+        };
+        let retry_after = match &self {
+            Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
         };
         let violations = match self {
             Self::Invalid(v) => v,
@@ -137,7 +155,13 @@ impl EdgeError {
             message,
             violations,
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -207,5 +231,18 @@ mod tests {
             EdgeError::Auth(AuthError::NotConfigured).status(StatusCode::BAD_REQUEST),
             StatusCode::UNAUTHORIZED
         );
+    }
+
+    #[test]
+    fn abuse_rejections_are_429_with_retry_after_and_403() {
+        let r = EdgeError::RateLimited {
+            retry_after_secs: 3,
+        }
+        .into_response_with(StatusCode::BAD_REQUEST);
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[http::header::RETRY_AFTER], "3");
+        let r = EdgeError::SourceNotAllowed.into_response_with(StatusCode::BAD_REQUEST);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(r.headers().get(http::header::RETRY_AFTER).is_none());
     }
 }

@@ -3,6 +3,7 @@
 //! It holds no business state: no disk, no queue, no dedupe.
 #![forbid(unsafe_code)]
 
+pub mod abuse;
 pub mod app;
 pub mod auth;
 pub mod carriers;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use http_edge::{
+    abuse::Abuse,
     app::{self, AppState, HttpLimits},
     config::{EdgeCli, Verifiers},
     core_client::CoreClient,
@@ -23,12 +24,25 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
+    let abuse = match Abuse::from_config(&cli.abuse, cli.edge.trusted_proxies.as_deref()) {
+        Ok(a) => Some(a),
+        Err(p) => {
+            // --trusted-proxies problems are already reported by the verifiers' settings.
+            for problem in p {
+                if !problems.contains(&problem) {
+                    problems.push(problem);
+                }
+            }
+            None
+        }
+    };
     config::exit_on_problems(&problems);
-    let Some(verifiers) = verifiers else {
+    let (Some(verifiers), Some(abuse)) = (verifiers, abuse) else {
         unreachable!("problems were reported above")
     };
     cli.runtime.init_tracing();
     verifiers.log(cli.edge.skip_verify());
+    tracing::info!(limits = %abuse.describe(), "abuse limits");
 
     let stop_admin = metrics::start_admin(cli.runtime.admin_listen)
         .await
@@ -62,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let core = CoreClient::connect_lazy(&core_url, cli.edge.core_timeout(), dns_refresh)
         .with_context(|| format!("invalid --core-url {core_url}"))?;
-    let state = AppState::new(core, verifiers);
+    let state = AppState::new(core, verifiers).with_abuse(abuse);
     let limits = HttpLimits {
         body_bytes: cli.edge.body_limit_bytes,
         request_timeout: cli.edge.request_timeout(),

@@ -15,6 +15,7 @@ pub use bearer::BearerVerifier;
 pub use hmac_body::BodyHmacVerifier;
 pub use messagebird::{MessageBirdPolicy, MessageBirdScheme, MessageBirdVerifier};
 pub use public_url::PublicUrl;
+pub(crate) use public_url::parse_net;
 pub use twilio::TwilioVerifier;
 
 use std::net::SocketAddr;

@@ -13,9 +13,14 @@
 //!
 //! The path and query are the request target exactly as received, byte for byte. From a peer
 //! that is not a trusted proxy, forwarding headers are ignored.
+//!
+//! The same trust decides the client address that per-client limits are keyed by
+//! ([`PublicUrl::client_ip`]): the TCP peer, or, behind trusted proxies, the address they recorded
+//! in `Forwarded: for=` / `X-Forwarded-For`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
+use http::HeaderMap;
 use ipnet::IpNet;
 
 use super::{AuthError, Incoming};
@@ -75,7 +80,7 @@ impl PublicUrl {
         let target = incoming.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let trusted = self.is_trusted(incoming.peer.ip());
         let forwarded = if trusted {
-            Forwarded::from_headers(incoming)
+            Forwarded::from_headers(&incoming.headers)
         } else {
             Forwarded::default()
         };
@@ -123,10 +128,77 @@ impl PublicUrl {
         }
     }
 
+    /// The address of the client that made a call: the TCP `peer`, unless it is a trusted proxy.
+    /// Then the forwarding chain (`Forwarded: for=`, else `X-Forwarded-For`) is walked from the
+    /// right, past every trusted proxy, to the first address no trusted proxy vouches for; an
+    /// entry that is not an address (`unknown`, an obfuscated name) stops the walk at the proxy
+    /// that wrote it. Entries left of that are whatever the client claimed, and never count.
+    pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        let mut client = peer.ip().to_canonical();
+        if !self.is_trusted(client) {
+            return client;
+        }
+        let from_forwarded = list_header(headers, "forwarded")
+            .map(|v| {
+                forwarded_elements(&v)
+                    .iter()
+                    .map(|pairs| param(pairs, "for").map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|chain| chain.iter().any(Option::is_some));
+        let chain = from_forwarded.unwrap_or_else(|| {
+            list_header(headers, "x-forwarded-for")
+                .map(|v| v.split(',').map(|i| Some(i.trim().to_owned())).collect())
+                .unwrap_or_default()
+        });
+        for hop in chain.iter().rev() {
+            match hop.as_deref().and_then(node_ip) {
+                Some(ip) if self.is_trusted(ip) => client = ip,
+                Some(ip) => return ip,
+                None => break,
+            }
+        }
+        client
+    }
+
     fn is_trusted(&self, peer: IpAddr) -> bool {
         let peer = peer.to_canonical();
         self.trusted.iter().any(|net| net.contains(&peer))
     }
+}
+
+/// Every value of the list-valued header `name`, joined as one list: several header lines mean
+/// the same as one comma-separated line (RFC 9110 5.3), and the line a proxy appended is not
+/// always the first one.
+fn list_header(headers: &HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// An address as a forwarding header names a node: `192.0.2.7`, `192.0.2.7:4711`, `2001:db8::1`,
+/// `[2001:db8::1]:4711`. Anything else (`unknown`, `_hidden`) is not an address.
+fn node_ip(node: &str) -> Option<IpAddr> {
+    let node = node.trim();
+    if let Some(rest) = node.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        if !after.is_empty() && !after.starts_with(':') {
+            return None;
+        }
+        return v6
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .map(|ip| IpAddr::V6(ip).to_canonical());
+    }
+    if let Ok(ip) = node.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    node.parse::<SocketAddr>()
+        .ok()
+        .map(|s| s.ip().to_canonical())
 }
 
 /// `http(s)://[userinfo@]host[:port][/prefix]`, kept verbatim but for trailing slashes.
@@ -153,7 +225,7 @@ fn parse_base(base: &str) -> Result<String, String> {
 }
 
 /// An address (`10.0.0.7`, `::1`) or a CIDR range (`10.0.0.0/8`).
-fn parse_net(item: &str) -> Option<IpNet> {
+pub(crate) fn parse_net(item: &str) -> Option<IpNet> {
     item.parse::<IpNet>()
         .ok()
         .or_else(|| item.parse::<IpAddr>().ok().map(IpNet::from))
@@ -205,22 +277,18 @@ impl Forwarded {
     /// `Forwarded` (RFC 7239) first, `X-Forwarded-*` for what it leaves out; in each, the last
     /// (rightmost) entry: the one the trusted proxy in front of us appended. Earlier entries are
     /// whatever the client sent.
-    fn from_headers(incoming: &Incoming) -> Self {
-        let mut out = incoming
-            .header("forwarded")
-            .map(parse_forwarded)
+    fn from_headers(headers: &HeaderMap) -> Self {
+        let mut out = list_header(headers, "forwarded")
+            .map(|v| parse_forwarded(&v))
             .unwrap_or_default();
         if out.proto.is_none() {
-            out.proto = incoming
-                .header("x-forwarded-proto")
-                .and_then(|v| valid_proto(last_item(v)));
+            out.proto =
+                list_header(headers, "x-forwarded-proto").and_then(|v| valid_proto(last_item(&v)));
         }
         if out.host.is_none() {
-            out.host = incoming
-                .header("x-forwarded-host")
-                .map(last_item)
-                .filter(|h| valid_host(h))
-                .map(str::to_owned);
+            out.host = list_header(headers, "x-forwarded-host")
+                .filter(|v| valid_host(last_item(v)))
+                .map(|v| last_item(&v).to_owned());
         }
         out
     }
@@ -244,11 +312,11 @@ fn valid_host(host: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b'?' | b'#' | b'@' | b'\\' | b','))
 }
 
-/// The `proto` and `host` of the last element of a `Forwarded` header. Values may be quoted
-/// strings (required for `host="example.com:8443"`); commas and semicolons inside quotes do not
-/// split.
-fn parse_forwarded(value: &str) -> Forwarded {
-    let mut out = Forwarded::default();
+/// The elements of a `Forwarded` header, each its `name=value` pairs with quotes removed. Values
+/// may be quoted strings (required for `host="example.com:8443"`); commas and semicolons inside
+/// quotes do not split.
+fn forwarded_elements(value: &str) -> Vec<Vec<String>> {
+    let mut elements = Vec::new();
     let mut pairs = Vec::new();
     let mut current = String::new();
     let mut quoted = false;
@@ -270,29 +338,37 @@ fn parse_forwarded(value: &str) -> Forwarded {
             '"' => quoted = true,
             ';' => pairs.push(std::mem::take(&mut current)),
             ',' => {
-                // A new element: only the last one counts.
-                pairs.clear();
-                current.clear();
+                pairs.push(std::mem::take(&mut current));
+                elements.push(std::mem::take(&mut pairs));
             }
             _ => current.push(c),
         }
     }
     pairs.push(current);
-    for pair in pairs {
-        let Some((name, value)) = pair.split_once('=') else {
-            continue;
-        };
-        let name = name.trim();
-        if name.eq_ignore_ascii_case("proto") && out.proto.is_none() {
-            out.proto = valid_proto(value);
-        } else if name.eq_ignore_ascii_case("host") && out.host.is_none() {
-            let host = value.trim();
-            if valid_host(host) {
-                out.host = Some(host.to_owned());
-            }
-        }
+    elements.push(pairs);
+    elements
+}
+
+/// The value of parameter `name` (case-insensitive) among an element's pairs; the first wins.
+fn param<'a>(pairs: &'a [String], name: &str) -> Option<&'a str> {
+    pairs.iter().find_map(|pair| {
+        let (n, v) = pair.split_once('=')?;
+        n.trim().eq_ignore_ascii_case(name).then_some(v)
+    })
+}
+
+/// The `proto` and `host` of the last element of a `Forwarded` header: the one the trusted proxy
+/// in front of us appended.
+fn parse_forwarded(value: &str) -> Forwarded {
+    let elements = forwarded_elements(value);
+    let last = elements.last().map(Vec::as_slice).unwrap_or_default();
+    Forwarded {
+        proto: param(last, "proto").and_then(valid_proto),
+        host: param(last, "host")
+            .map(str::trim)
+            .filter(|h| valid_host(h))
+            .map(str::to_owned),
     }
-    out
 }
 
 #[cfg(test)]
@@ -417,6 +493,114 @@ mod tests {
         assert_eq!(p.url_for(&req).unwrap(), "http://h.example:81/x");
         let req = from("1.1.1.1:1", "/x", &[]);
         assert!(matches!(p.url_for(&req), Err(AuthError::Missing(_))));
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn client_ip_believes_only_what_trusted_proxies_recorded() {
+        let p = PublicUrl::new(None, Some("10.0.0.0/8, 192.168.1.1")).unwrap();
+        let ip = |peer: &str, h: &[(&str, &str)]| {
+            p.client_ip(peer.parse().unwrap(), &headers(h)).to_string()
+        };
+        // An untrusted peer is the client, whatever it claims.
+        assert_eq!(
+            ip("203.0.113.5:1", &[("x-forwarded-for", "1.1.1.1")]),
+            "203.0.113.5"
+        );
+        assert_eq!(
+            ip("203.0.113.5:1", &[("forwarded", "for=1.1.1.1")]),
+            "203.0.113.5"
+        );
+        // A trusted proxy: the entry it appended (the rightmost), not the client's own claims.
+        assert_eq!(
+            ip(
+                "10.0.0.2:1",
+                &[("x-forwarded-for", "6.6.6.6, 198.51.100.7")]
+            ),
+            "198.51.100.7"
+        );
+        // Two trusted hops (CDN → ingress): walk past both.
+        assert_eq!(
+            ip(
+                "10.0.0.2:1",
+                &[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 192.168.1.1")]
+            ),
+            "198.51.100.7"
+        );
+        // Several header lines are one list; the last line is the proxy's.
+        assert_eq!(
+            ip(
+                "10.0.0.2:1",
+                &[
+                    ("x-forwarded-for", "6.6.6.6"),
+                    ("x-forwarded-for", "198.51.100.8")
+                ]
+            ),
+            "198.51.100.8"
+        );
+        // RFC 7239, with ports and IPv6; Forwarded wins over X-Forwarded-For.
+        assert_eq!(
+            ip(
+                "10.0.0.2:1",
+                &[
+                    (
+                        "forwarded",
+                        r#"for=6.6.6.6, for="[2001:db8::17]:4711";proto=https"#
+                    ),
+                    ("x-forwarded-for", "198.51.100.9"),
+                ]
+            ),
+            "2001:db8::17"
+        );
+        assert_eq!(
+            ip("10.0.0.2:1", &[("forwarded", "for=198.51.100.10:80")]),
+            "198.51.100.10"
+        );
+        assert_eq!(
+            ip(
+                "[::ffff:10.0.0.2]:1",
+                &[("x-forwarded-for", "::ffff:198.51.100.11")]
+            ),
+            "198.51.100.11"
+        );
+        // Not an address: the proxy that wrote it is the best we know.
+        assert_eq!(
+            ip("10.0.0.2:1", &[("forwarded", "for=unknown")]),
+            "10.0.0.2"
+        );
+        assert_eq!(
+            ip("10.0.0.2:1", &[("x-forwarded-for", "6.6.6.6, _hidden")]),
+            "10.0.0.2"
+        );
+        // A trusted peer that forwards nothing is itself the client.
+        assert_eq!(ip("10.0.0.2:1", &[]), "10.0.0.2");
+    }
+
+    #[test]
+    fn forwarding_headers_on_several_lines_are_one_list() {
+        let p = PublicUrl::new(None, Some("10.0.0.0/8")).unwrap();
+        let req = from(
+            "10.1.2.3:5",
+            "/t",
+            &[
+                ("host", "edge"),
+                ("x-forwarded-host", "spoofed.example"),
+                ("x-forwarded-host", "public.example.com"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-proto", "https"),
+            ],
+        );
+        assert_eq!(p.url_for(&req).unwrap(), "https://public.example.com/t");
     }
 
     #[test]

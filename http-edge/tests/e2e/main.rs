@@ -1,5 +1,6 @@
 //! End-to-end tests: the real http-edge binary with the core embedded, on free ports.
 
+mod abuse;
 mod auth;
 mod bad_input;
 mod conformance;
