@@ -83,7 +83,12 @@ pub fn json_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, EdgeError>
             serde_json::error::Category::Eof => "truncated JSON",
             serde_json::error::Category::Syntax | serde_json::error::Category::Io => "invalid JSON",
         };
-        EdgeError::Malformed(format!("{what} at line {} column {}", e.line(), e.column()))
+        // Errors from inside an `Obj` carry no position (line 0): say nothing rather than 0:0.
+        if e.line() == 0 {
+            EdgeError::Malformed(what.to_owned())
+        } else {
+            EdgeError::Malformed(format!("{what} at line {} column {}", e.line(), e.column()))
+        }
     })
 }
 
@@ -311,6 +316,14 @@ mod tests {
         let Obj(p) = serde_json::from_str::<Obj<Pair>>(r#"{"a": "x", "b": 2}"#).unwrap();
         assert_eq!((p.a.as_deref(), p.b.as_deref()), (Some("x"), Some("2")));
         assert!(serde_json::from_str::<Obj<Pair>>(r#"{"a": {}}"#).is_err());
+        let Err(EdgeError::Malformed(message)) = json_body::<Obj<Pair>>(br#"{"a": {}}"#) else {
+            panic!("not malformed")
+        };
+        assert_eq!(message, "unexpected JSON shape", "no position 0:0");
+        let Err(EdgeError::Malformed(message)) = json_body::<Obj<Pair>>(b"{\n  \"a\": ") else {
+            panic!("not malformed")
+        };
+        assert_eq!(message, "truncated JSON at line 2 column 7");
     }
 
     #[derive(Deserialize)]
