@@ -172,6 +172,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
             get(|| async { Json(json!({ "status": "live" })) }),
         )
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .with_state(state)
 }
@@ -188,7 +189,20 @@ async fn overloaded(error: BoxError) -> Response {
     tracing::warn!(%error, "request shed");
     (
         status,
+        [crate::error::retry_after()],
         Json(json!({ "success": false, "error": "unavailable", "message": message })),
+    )
+        .into_response()
+}
+
+/// The OpenAPI 3.1 description of every route above, kept by hand beside the crate and checked
+/// against the running server by schemathesis (`.ci/openapi.sh`).
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI_JSON,
     )
         .into_response()
 }
@@ -512,4 +526,161 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use axum::body::Body;
+
+    use super::*;
+    use crate::auth::Disabled;
+
+    /// Every path given to `.route(` in this file, read from the source: the router cannot list
+    /// its routes, and a route added here without a line in openapi.json must fail this test.
+    fn router_paths() -> BTreeSet<String> {
+        // The code above the tests: this function's own search strings do not count.
+        let source = include_str!("app.rs").split("#[cfg(test)]").next().unwrap();
+        let mut paths = BTreeSet::new();
+        let mut rest = source;
+        while let Some(at) = rest.find(".route(") {
+            rest = &rest[at + ".route(".len()..];
+            let Some(open) = rest.find('"') else { break };
+            assert!(
+                rest[..open].trim().is_empty(),
+                "a route whose path is not a literal: list it here by hand"
+            );
+            let literal = &rest[open + 1..];
+            let close = literal.find('"').expect("closing quote");
+            paths.insert(literal[..close].to_owned());
+        }
+        paths
+    }
+
+    fn test_router() -> Router {
+        let off: Arc<dyn crate::auth::Verifier> = Arc::new(Disabled);
+        let verifiers = Verifiers {
+            bandwidth: off.clone(),
+            twilio: off.clone(),
+            messagebird: off.clone(),
+            inteliquent: off,
+        };
+        // Port 1 refuses connections at once: /readyz answers 503 without waiting.
+        let core = CoreClient::connect_lazy(
+            "http://127.0.0.1:1",
+            Duration::from_millis(200),
+            Duration::ZERO,
+        )
+        .unwrap();
+        let limits = HttpLimits {
+            body_bytes: 1024,
+            request_timeout: Duration::from_secs(5),
+            concurrency: 8,
+        };
+        router(AppState::new(core, verifiers), limits)
+    }
+
+    async fn status_of(router: &Router, method: &str, path: &str) -> StatusCode {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .extension(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 9))))
+            .body(Body::empty())
+            .unwrap();
+        router.clone().oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn served_openapi_parses_and_lists_exactly_the_routes_and_methods() {
+        let router = test_router();
+        let request = http::Request::get("/openapi.json")
+            .body(Body::empty())
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().unwrap();
+
+        let documented: BTreeSet<String> = paths.keys().cloned().collect();
+        let routed = router_paths();
+        assert!(
+            routed.contains("/twilio") && routed.len() >= 7,
+            "{routed:?}"
+        );
+        assert_eq!(documented, routed, "openapi.json paths vs router routes");
+
+        // Each documented method is routed, and every other one answers 405.
+        for (path, item) in paths {
+            let concrete = path.replace("{destination}", "15551234567");
+            for method in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+                let status = status_of(&router, method, &concrete).await;
+                if item.get(method.to_ascii_lowercase()).is_some() {
+                    assert!(
+                        status != StatusCode::METHOD_NOT_ALLOWED && status != StatusCode::NOT_FOUND,
+                        "{method} {path} is documented but answers {status}"
+                    );
+                } else {
+                    assert_eq!(
+                        status,
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "{method} {path} is not documented"
+                    );
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_documented_reply_of_an_operation_has_a_description() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let Some(responses) = op.get("responses").and_then(|r| r.as_object()) else {
+                    continue;
+                };
+                assert!(responses.contains_key("200"), "{method} {path}");
+                if path.starts_with("/twilio")
+                    || path.starts_with("/messagebird")
+                    || path.starts_with("/bandwidth")
+                    || path.starts_with("/webhooks")
+                {
+                    if method == "options" {
+                        continue;
+                    }
+                    for code in ["400", "401", "403", "413", "415", "500", "503", "504"] {
+                        assert!(responses.contains_key(code), "{method} {path} lacks {code}");
+                    }
+                    assert_eq!(
+                        responses.contains_key("422"),
+                        path == "/webhooks/inteliquent",
+                        "{method} {path}: 422 is Inteliquent's"
+                    );
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn shed_and_unavailable_replies_carry_retry_after() {
+        let response = overloaded(Box::new(tower::timeout::error::Elapsed::new())).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "5");
+        let response = EdgeError::Core {
+            code: tonic::Code::Unavailable,
+        }
+        .into_response_with(StatusCode::BAD_REQUEST);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "5");
+        let response = EdgeError::Core {
+            code: tonic::Code::Internal,
+        }
+        .into_response_with(StatusCode::BAD_REQUEST);
+        assert!(response.headers().get("retry-after").is_none());
+    }
 }

@@ -3,7 +3,7 @@
 
 use axum::{
     Json,
-    http::StatusCode,
+    http::{HeaderName, HeaderValue, StatusCode, header::RETRY_AFTER},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -56,6 +56,15 @@ pub enum EdgeError {
         /// The gRPC code (Unavailable when unreachable).
         code: Code,
     },
+}
+
+/// Seconds a 503 asks the caller to wait: long enough for a shed burst or a core restart to pass,
+/// short against the carriers' own retry schedules (which they may follow instead).
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+/// The `Retry-After` header every 503 carries.
+pub fn retry_after() -> (HeaderName, HeaderValue) {
+    (RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS))
 }
 
 /// The HTTP status for a failed core call's gRPC code: one table, no catch-all. Anything that is
@@ -160,6 +169,9 @@ impl EdgeError {
             response
                 .headers_mut()
                 .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
+            let (name, value) = retry_after();
+            response.headers_mut().insert(name, value);
         }
         response
     }

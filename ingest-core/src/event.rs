@@ -15,6 +15,9 @@ use crate::{
 /// Version of the published `Envelope` schema.
 pub const SCHEMA_VERSION: u32 = 1;
 
+// Limits of short text fields count characters, as JSON and the HTTP contract (OpenAPI's
+// `maxLength`) do: a byte limit made the same 20-character error code valid in ASCII and invalid
+// in Greek. Long fields (text, extras, URLs) stay byte limits, as they bound the message size.
 const MAX_ID_LEN: usize = 256;
 const MAX_RECIPIENTS: usize = 100;
 const MAX_MEDIA: usize = 50;
@@ -144,10 +147,10 @@ impl Check<'_> {
         let v = value.trim();
         if v.is_empty() {
             self.fail(field, "is required");
-        } else if v.len() > MAX_ID_LEN || v.chars().any(char::is_control) {
+        } else if v.chars().count() > MAX_ID_LEN || v.chars().any(char::is_control) {
             self.fail(
                 field,
-                format!("must be at most {MAX_ID_LEN} bytes of printable text"),
+                format!("must be at most {MAX_ID_LEN} characters of printable text"),
             );
         }
         v.to_owned()
@@ -296,19 +299,19 @@ fn status(c: &mut Check<'_>, s: DeliveryStatus) -> Normalized {
     let raw_status = s.raw_status.trim().to_owned();
     if raw_status.is_empty() {
         c.fail("raw_status", "is required");
-    } else if raw_status.len() > MAX_STATUS_LEN {
+    } else if raw_status.chars().count() > MAX_STATUS_LEN {
         c.fail(
             "raw_status",
-            format!("is longer than {MAX_STATUS_LEN} bytes"),
+            format!("is longer than {MAX_STATUS_LEN} characters"),
         );
     }
     let recipient = c.address("recipient", &s.recipient, false);
     let sender = c.address("sender", &s.sender, false);
     let status_time = c.time("status_time", &s.status_time);
-    if s.error_code.len() > MAX_STATUS_LEN {
+    if s.error_code.chars().count() > MAX_STATUS_LEN {
         c.fail(
             "error_code",
-            format!("is longer than {MAX_STATUS_LEN} bytes"),
+            format!("is longer than {MAX_STATUS_LEN} characters"),
         );
     }
     if s.error_description.len() > MAX_EXTRA_VALUE {
@@ -499,5 +502,26 @@ mod tests {
         let v = normalize(Submitted::Status(s), "").unwrap_err();
         assert_eq!(v[0].description, "is not a known carrier");
         assert!(v.iter().any(|v| v.field == "raw_status"));
+    }
+
+    #[test]
+    fn short_field_limits_count_characters_not_bytes() {
+        // Found by schemathesis against the OpenAPI `maxLength`: 20 Greek letters are 40 bytes.
+        let s = |raw: String, code: String, id: String| DeliveryStatus {
+            carrier: Carrier::Twilio as i32,
+            carrier_message_id: id,
+            raw_status: raw,
+            error_code: code,
+            ..Default::default()
+        };
+        let at_limit = s("δ".repeat(64), "ε".repeat(64), "ζ".repeat(256));
+        assert!(normalize(Submitted::Status(at_limit), "").is_ok());
+        let over = s("δ".repeat(65), "ε".repeat(65), "ζ".repeat(257));
+        let fields: Vec<String> = normalize(Submitted::Status(over), "")
+            .unwrap_err()
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, ["carrier_message_id", "raw_status", "error_code"]);
     }
 }

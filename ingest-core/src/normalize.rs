@@ -24,12 +24,15 @@ pub enum NormalizeError {
 /// formatting (spaces, dashes, dots, parentheses) is dropped, and a bare 10-digit number is taken
 /// as North American (`+1`). Short codes (3–8 digits) and alphanumeric sender ids are kept as they
 /// are, since they have no E.164 form; so is a 9-digit national number, rather than lose the event.
+/// At most 64 characters, none of them control characters.
 pub fn address(raw: &str) -> Result<String, NormalizeError> {
     let trimmed = raw.trim();
     if trimmed.is_empty() {
         return Err(NormalizeError::Empty);
     }
-    if trimmed.len() > 64 || trimmed.chars().any(char::is_control) {
+    // 64 characters, not bytes: JSON (and the edge's OpenAPI `maxLength`) count characters, and
+    // a sender id in another script must not be refused at half the length of a Latin one.
+    if trimmed.chars().count() > 64 || trimmed.chars().any(char::is_control) {
         return Err(NormalizeError::BadAddress);
     }
     let looks_numeric = trimmed
@@ -186,6 +189,10 @@ mod tests {
         assert_eq!(address("1+2345"), Err(NormalizeError::BadAddress));
         assert_eq!(address("12"), Err(NormalizeError::BadAddress));
         assert_eq!(address("a\u{0}b"), Err(NormalizeError::BadAddress));
+        // Found by schemathesis: a 38-character sender id of 4-byte characters was refused.
+        let wide = "😍".repeat(64);
+        assert_eq!(address(&wide).unwrap(), wide);
+        assert_eq!(address(&"😍".repeat(65)), Err(NormalizeError::BadAddress));
     }
 
     #[test]

@@ -11,8 +11,8 @@ use carrier_ingest::v1::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    MAX_EVENTS_PER_CALL, Webhook, extras, invalid, json_body, opt_string, parse_count,
-    require_content_type, string_list, url_list,
+    MAX_EVENTS_PER_CALL, Obj, Webhook, address_list, extras, invalid, json_body, opt_address,
+    opt_string, parse_count, require_content_type, url_list,
 };
 use crate::{
     auth::{Verified, Verifier},
@@ -40,13 +40,13 @@ struct BwEvent {
     time: Option<String>,
     #[serde(default, deserialize_with = "opt_string")]
     description: Option<String>,
-    #[serde(default, deserialize_with = "opt_string")]
+    #[serde(default, deserialize_with = "opt_address")]
     to: Option<String>,
     #[serde(default, deserialize_with = "opt_string")]
     error_code: Option<String>,
     #[serde(default, deserialize_with = "opt_string")]
     carrier_name: Option<String>,
-    message: Option<BwMessage>,
+    message: Option<Obj<BwMessage>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,9 +64,9 @@ struct BwMessage {
     segment_count: Option<String>,
     #[serde(default, deserialize_with = "opt_string")]
     direction: Option<String>,
-    #[serde(default, deserialize_with = "string_list")]
+    #[serde(default, deserialize_with = "address_list")]
     to: Vec<String>,
-    #[serde(default, deserialize_with = "opt_string")]
+    #[serde(default, deserialize_with = "opt_address")]
     from: Option<String>,
     #[serde(default, deserialize_with = "opt_string")]
     text: Option<String>,
@@ -90,7 +90,7 @@ fn is_status_type(kind: &str) -> bool {
 
 fn convert(i: usize, event: BwEvent, destination: &str) -> Result<Event, EdgeError> {
     let kind = event.kind.unwrap_or_default();
-    let Some(m) = event.message else {
+    let Some(Obj(m)) = event.message else {
         return Err(invalid(format!("[{i}].message"), "is required"));
     };
     let context = |extra: Vec<(&str, Option<String>)>| {
@@ -181,7 +181,7 @@ impl Webhook for Bandwidth {
     fn parse(request: &Verified<'_>) -> Result<Vec<Event>, EdgeError> {
         let req = request.request();
         require_content_type(req, "application/json")?;
-        let events: Vec<BwEvent> = json_body(&req.body)?;
+        let events: Vec<Obj<BwEvent>> = json_body(&req.body)?;
         if events.is_empty() {
             return Err(invalid("[]", "needs at least one event"));
         }
@@ -195,7 +195,7 @@ impl Webhook for Bandwidth {
         events
             .into_iter()
             .enumerate()
-            .map(|(i, e)| convert(i, e, destination))
+            .map(|(i, Obj(e))| convert(i, e, destination))
             .collect()
     }
 

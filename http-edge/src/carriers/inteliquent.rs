@@ -8,7 +8,8 @@ use carrier_ingest::v1::{
 use serde::Deserialize;
 
 use super::{
-    Webhook, accepted_with_id, extras, json_body, opt_string, require_content_type, string_list,
+    Obj, Webhook, accepted_with_id, address_list, extras, json_body, opt_address, opt_string,
+    opt_whole, require_content_type,
 };
 use crate::{
     auth::{Verified, Verifier},
@@ -27,16 +28,16 @@ struct IqPayload {
     message_id: Option<String>,
     #[serde(rename = "type", default, deserialize_with = "opt_string")]
     kind: Option<String>,
-    #[serde(default, deserialize_with = "opt_string")]
+    #[serde(default, deserialize_with = "opt_address")]
     from: Option<String>,
-    #[serde(default, deserialize_with = "string_list")]
+    #[serde(default, deserialize_with = "address_list")]
     to: Vec<String>,
     #[serde(default, deserialize_with = "opt_string")]
     text: Option<String>,
     #[serde(default, deserialize_with = "opt_string")]
     timestamp: Option<String>,
     #[serde(default)]
-    attachments: Vec<IqAttachment>,
+    attachments: Vec<Obj<IqAttachment>>,
     #[serde(default, deserialize_with = "opt_string")]
     status: Option<String>,
     #[serde(default, deserialize_with = "opt_string")]
@@ -52,7 +53,7 @@ struct IqAttachment {
     url: Option<String>,
     #[serde(default, deserialize_with = "opt_string")]
     content_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_whole")]
     size: Option<u64>,
 }
 
@@ -77,7 +78,7 @@ impl Webhook for Inteliquent {
     fn parse(request: &Verified<'_>) -> Result<Vec<Event>, EdgeError> {
         let req = request.request();
         require_content_type(req, "application/json")?;
-        let p: IqPayload = json_body(&req.body)?;
+        let Obj(p) = json_body::<Obj<IqPayload>>(&req.body)?;
         let mut v = Vec::new();
         required(&mut v, "messageId", p.message_id.as_deref());
         required(&mut v, "timestamp", p.timestamp.as_deref());
@@ -121,7 +122,7 @@ impl Webhook for Inteliquent {
                 media: p
                     .attachments
                     .into_iter()
-                    .filter_map(|a| {
+                    .filter_map(|Obj(a)| {
                         let url = a.url.filter(|u| !u.trim().is_empty())?;
                         Some(Media {
                             url,

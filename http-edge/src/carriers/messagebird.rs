@@ -8,7 +8,8 @@ use http::Method;
 use serde::Deserialize;
 
 use super::{
-    Webhook, accepted_with_id, extras, invalid, json_body, opt_string, require_content_type,
+    Obj, Webhook, accepted_with_id, extras, invalid, json_body, opt_address, opt_string,
+    require_content_type,
 };
 use crate::{
     auth::{Verified, Verifier},
@@ -25,9 +26,9 @@ pub struct MessageBird;
 struct MbPayload {
     #[serde(default, deserialize_with = "opt_string")]
     id: Option<String>,
-    #[serde(default, deserialize_with = "opt_string")]
+    #[serde(default, deserialize_with = "opt_address")]
     recipient: Option<String>,
-    #[serde(default, deserialize_with = "opt_string")]
+    #[serde(default, deserialize_with = "opt_address")]
     originator: Option<String>,
     #[serde(default, deserialize_with = "opt_string")]
     body: Option<String>,
@@ -64,7 +65,7 @@ impl Webhook for MessageBird {
                 .map_err(|_| EdgeError::Malformed("invalid query string".to_owned()))?
         } else {
             require_content_type(req, "application/json")?;
-            json_body(&req.body)?
+            json_body::<Obj<MbPayload>>(&req.body)?.0
         };
         if p.id.as_deref().is_none_or(str::is_empty) {
             return Err(invalid("id", "is required"));

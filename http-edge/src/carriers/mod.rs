@@ -97,8 +97,28 @@ pub fn json_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, EdgeError>
             serde_json::error::Category::Eof => "truncated JSON",
             serde_json::error::Category::Syntax | serde_json::error::Category::Io => "invalid JSON",
         };
-        EdgeError::Malformed(format!("{what} at line {} column {}", e.line(), e.column()))
+        // Errors from inside an `Obj` carry no position (line 0): say nothing rather than 0:0.
+        if e.line() == 0 {
+            EdgeError::Malformed(what.to_owned())
+        } else {
+            EdgeError::Malformed(format!("{what} at line {} column {}", e.line(), e.column()))
+        }
     })
+}
+
+/// A JSON object deserialized into `T`. serde's derived structs also take a JSON array, field by
+/// field in order (`["id", "+1555…"]`); a carrier never sends that, so it is refused as malformed
+/// rather than taken as an event.
+#[derive(Debug)]
+pub struct Obj<T>(pub T);
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = serde_json::Map::deserialize(d)?;
+        T::deserialize(serde_json::Value::Object(map))
+            .map(Obj)
+            .map_err(D::Error::custom)
+    }
 }
 
 /// A single violation.
@@ -118,6 +138,63 @@ pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
         Some(Value::Bool(b)) => Ok(Some(b.to_string())),
         Some(_) => Err(D::Error::custom("expected a string or number")),
+    }
+}
+
+/// A JSON number that is a whole, non-negative value (`7` or `7.0`: JSON does not tell them
+/// apart, and neither does JSON Schema's `integer`), as `u64`.
+fn whole_number(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            // 2^64 as f64; anything at or above does not fit.
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 18_446_744_073_709_551_616.0)
+            .map(|f| f as u64)
+    })
+}
+
+/// Deserializes a sender or recipient: text, or a whole number (MessageBird sends numbers
+/// without `+` as JSON numbers) as its digits; null or absent as `None`. Anything else (a
+/// fraction, a negative number, a boolean) is no phone number and is refused here, rather than
+/// taken as text such as `1.5e20` and then kept as an alphanumeric sender id.
+pub fn opt_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde_json::Value;
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => address_text(v).map(Some),
+    }
+}
+
+/// Deserializes one address or an array of them (see [`opt_address`]); null or absent as empty.
+pub fn address_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    use serde_json::Value;
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items.into_iter().map(address_text).collect(),
+        Some(v) => Ok(vec![address_text(v)?]),
+    }
+}
+
+fn address_text<E: serde::de::Error>(v: serde_json::Value) -> Result<String, E> {
+    match v {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => whole_number(&n)
+            .map(|n| n.to_string())
+            .ok_or_else(|| E::custom("expected a phone number as text or a whole number")),
+        _ => Err(E::custom(
+            "expected a phone number as text or a whole number",
+        )),
+    }
+}
+
+/// Deserializes a whole, non-negative number (`7` or `7.0`); null or absent as `None`.
+pub fn opt_whole<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde_json::Value;
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => whole_number(&n)
+            .map(Some)
+            .ok_or_else(|| D::Error::custom("expected a whole, non-negative number")),
+        Some(_) => Err(D::Error::custom("expected a whole, non-negative number")),
     }
 }
 
@@ -250,6 +327,77 @@ mod tests {
         a: Option<String>,
         #[serde(default, deserialize_with = "string_list")]
         b: Vec<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Pair {
+        #[serde(default, deserialize_with = "opt_string")]
+        a: Option<String>,
+        #[serde(default, deserialize_with = "opt_string")]
+        b: Option<String>,
+    }
+
+    #[test]
+    fn objects_only_where_an_object_is_expected() {
+        // Found by schemathesis: `"attachments": [[null, null]]` was taken as an attachment.
+        assert!(
+            serde_json::from_str::<Pair>(r#"["x", "y"]"#).is_ok(),
+            "serde's default"
+        );
+        assert!(serde_json::from_str::<Obj<Pair>>(r#"["x", "y"]"#).is_err());
+        assert!(serde_json::from_str::<Vec<Obj<Pair>>>(r#"[[null, null]]"#).is_err());
+        let Obj(p) = serde_json::from_str::<Obj<Pair>>(r#"{"a": "x", "b": 2}"#).unwrap();
+        assert_eq!((p.a.as_deref(), p.b.as_deref()), (Some("x"), Some("2")));
+        assert!(serde_json::from_str::<Obj<Pair>>(r#"{"a": {}}"#).is_err());
+        let Err(EdgeError::Malformed(message)) = json_body::<Obj<Pair>>(br#"{"a": {}}"#) else {
+            panic!("not malformed")
+        };
+        assert_eq!(message, "unexpected JSON shape", "no position 0:0");
+        let Err(EdgeError::Malformed(message)) = json_body::<Obj<Pair>>(b"{\n  \"a\": ") else {
+            panic!("not malformed")
+        };
+        assert_eq!(message, "truncated JSON at line 2 column 7");
+    }
+
+    #[derive(Deserialize)]
+    struct Addresses {
+        #[serde(default, deserialize_with = "opt_address")]
+        one: Option<String>,
+        #[serde(default, deserialize_with = "address_list")]
+        many: Vec<String>,
+        #[serde(default, deserialize_with = "opt_whole")]
+        size: Option<u64>,
+    }
+
+    #[test]
+    fn addresses_are_text_or_whole_numbers_only() {
+        // Found by schemathesis: `1.78e20` used to become the "sender id" `1.7823256575694399e20`,
+        // and `136954.0` the number `1369540`.
+        let a: Addresses = serde_json::from_str(
+            r#"{"one": 31612345678, "many": [136954.0, "+1 555"], "size": 71861.0}"#,
+        )
+        .unwrap();
+        assert_eq!(a.one.as_deref(), Some("31612345678"));
+        assert_eq!(a.many, ["136954", "+1 555"]);
+        assert_eq!(a.size, Some(71861));
+        let a: Addresses = serde_json::from_str(r#"{"one": null, "many": "ACME"}"#).unwrap();
+        assert_eq!(
+            (a.one, a.many, a.size),
+            (None, vec!["ACME".to_owned()], None)
+        );
+        for bad in [
+            r#"{"one": 178232565756943990784}"#,
+            r#"{"one": 1.5}"#,
+            r#"{"one": -5551234567}"#,
+            r#"{"one": true}"#,
+            r#"{"many": [1, false]}"#,
+            r#"{"many": {}}"#,
+            r#"{"size": -1}"#,
+            r#"{"size": 1.5}"#,
+            r#"{"size": "12"}"#,
+        ] {
+            assert!(serde_json::from_str::<Addresses>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
