@@ -116,7 +116,12 @@ impl EdgeError {
             Self::Malformed(_) | Self::Invalid(_) | Self::UnsupportedMediaType { .. } => {
                 Some(self.kind())
             }
-            Self::Auth(_) | Self::TooLarge | Self::Core { .. } => None,
+            // Refused before verification, or our own failure.
+            Self::Auth(_)
+            | Self::TooLarge
+            | Self::RateLimited { .. }
+            | Self::SourceNotAllowed
+            | Self::Core { .. } => None,
         }
     }
 
@@ -150,7 +155,7 @@ impl EdgeError {
             Self::RateLimited { .. } => "too many requests; retry later".to_owned(),
             other => other.to_string(),
         };
-        let retry_after = match &self {
+        let retry_after_secs = match &self {
             Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         };
@@ -165,7 +170,7 @@ impl EdgeError {
             violations,
         };
         let mut response = (status, Json(body)).into_response();
-        if let Some(secs) = retry_after {
+        if let Some(secs) = retry_after_secs {
             response
                 .headers_mut()
                 .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
