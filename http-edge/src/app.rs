@@ -426,9 +426,11 @@ fn quarantine_record<W: Webhook>(
     reason: &'static str,
     error: &EdgeError,
 ) -> QuarantineRecord {
+    // Within the core's bounds for a record, so that an authentic call can always be kept.
     let violations = match error {
         EdgeError::Invalid(v) => v
             .iter()
+            .take(100)
             .map(|v| carrier_ingest::v1::FieldViolation {
                 field: v.field.clone(),
                 description: v.description.clone(),
@@ -441,11 +443,16 @@ fn quarantine_record<W: Webhook>(
         method: incoming.method.as_str().to_owned(),
         path: incoming.uri.path().to_owned(),
         raw_query: incoming.raw_query().to_owned(),
-        content_type: incoming.header("content-type").unwrap_or("").to_owned(),
-        verified_by,
+        content_type: incoming
+            .header("content-type")
+            .unwrap_or("")
+            .chars()
+            .take(1024)
+            .collect(),
+        verified_by: verified_by.chars().take(1024).collect(),
         received_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         reason: reason.to_owned(),
-        detail: error.to_string(),
+        detail: error.to_string().chars().take(1000).collect(),
         violations,
         body: incoming.body.to_vec(),
     }

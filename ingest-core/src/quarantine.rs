@@ -125,11 +125,13 @@ pub fn entry(record: QuarantineRecord, now: &str) -> Result<Entry, Vec<Violation
     if record.method.trim().is_empty() || record.method.len() > 16 {
         fail("method", "is required (at most 16 bytes)");
     }
-    if !record.path.starts_with('/') || record.path.len() > 2048 {
-        fail("path", "must start with / (at most 2048 bytes)");
+    // Whatever the edge's HTTP server took (a request line may be long: GET webhooks carry
+    // their fields in the query) must fit, or an authentic call could not be kept.
+    if !record.path.starts_with('/') || record.path.len() > MAX_BODY_BYTES {
+        fail("path", "must start with / (at most 1 MiB)");
     }
-    if record.raw_query.len() > 8192 {
-        fail("raw_query", "is longer than 8192 bytes");
+    if record.raw_query.len() > MAX_BODY_BYTES {
+        fail("raw_query", "is longer than 1 MiB");
     }
     if !REASONS.contains(&record.reason.as_str()) {
         fail("reason", "is not a known reason");

@@ -219,6 +219,7 @@ pub fn url_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
     use serde_json::Value;
     let url = |v: Value| match v {
         Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
         Value::Object(o) => ["url", "mediaUrl", "href"]
             .iter()
             .find_map(|k| o.get(*k).and_then(Value::as_str).map(str::to_owned))
