@@ -58,7 +58,13 @@ PY
 )
 BASE=http://127.0.0.1:$HTTP_PORT
 # Test secrets, the same as check_metrics.py signs with.
+# The core publishes to an SQS endpoint that is down (nothing listens on port 1), as during an
+# outage: events are acknowledged from the outbox, so the outbox and circuit metrics the rules use
+# are exported with samples, and so are all the others.
+SQS=http://127.0.0.1:1/123456789012
+AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_ENDPOINT_URL=http://127.0.0.1:1 \
 "$EDGE_BIN" --embedded-core --listen "127.0.0.1:$HTTP_PORT" --grpc-listen "127.0.0.1:$GRPC_PORT" \
+  --publisher sqs --inbound-queue "$SQS/in" --status-queue "$SQS/st" --quarantine-queue "$SQS/q" \
   --admin-listen "127.0.0.1:$ADMIN_PORT" --data-dir "$WORK/data" --public-base-url "$BASE" \
   --bandwidth-basic-auth bw:bw-secret --inteliquent-tokens iq-token \
   --twilio-auth-tokens tw-token --messagebird-signing-keys mb-key \

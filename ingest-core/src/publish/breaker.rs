@@ -22,6 +22,11 @@ pub struct Breaker {
 impl Breaker {
     /// A closed breaker for `queue` that opens after `threshold` consecutive failures.
     pub fn new(queue: &str, threshold: u32) -> Self {
+        // The gauge exists (at 0) from the start, so dashboards and alerts see every queue.
+        crate::metrics::CORE
+            .sqs_circuit_open
+            .get_or_create(&crate::metrics::queue_labels(queue))
+            .set(0);
         Self {
             queue: queue.to_owned(),
             threshold: threshold.max(1),

@@ -346,6 +346,13 @@ impl QueueLog {
                 file: None,
             })),
         };
+        // Every series of this queue exists from the start (at 0), for dashboards and alerts.
+        let m = &crate::metrics::CORE;
+        let labels = log.labels();
+        drop(m.outbox_stored.get_or_create(&labels));
+        drop(m.outbox_relayed.get_or_create(&labels));
+        drop(m.outbox_relay_failures.get_or_create(&labels));
+        drop(m.outbox_full.get_or_create(&labels));
         log.update_metrics();
         Ok(log)
     }
