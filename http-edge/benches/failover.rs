@@ -99,7 +99,11 @@ async fn main() {
         .count();
     let copies: u32 = accepted.values().sum();
     let duplicates = copies as usize - accepted.len();
-    let ok = run.sent.iter().filter(|s| (200..300).contains(&s.status)).count();
+    let ok = run
+        .sent
+        .iter()
+        .filter(|s| (200..300).contains(&s.status))
+        .count();
     let non_2xx: Vec<_> = run
         .statuses()
         .into_iter()

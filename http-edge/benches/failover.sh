@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 command -v redis-server >/dev/null || { echo "redis-server not found (apt-get install -y redis-server)"; exit 1; }
 cargo build --release --locked -p ingest-core --bin ingest-core
-cargo bench --locked -p http-edge --bench failover -- "$@"
+# The bench runs inside `cargo bench`, which holds the build lock: hand it the core binary.
+INGEST_CORE_BIN="$PWD/target/release/ingest-core" cargo bench --locked -p http-edge --bench failover -- "$@"

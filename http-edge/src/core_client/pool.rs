@@ -36,6 +36,7 @@ const PROBE_MAX: Duration = Duration::from_secs(1);
 pub(super) struct Replica {
     /// The address or URL, for logs.
     pub(super) name: String,
+    /// The ingest service on this replica's channel.
     pub(super) ingest: IngestServiceClient<Channel>,
     health: HealthClient<Channel>,
     state: Mutex<State>,

@@ -15,13 +15,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// The `ingest-core` binary of the same profile as the `http-edge` binary under test, built
-/// first (cargo does nothing when it is current): an integration test of one package cannot
-/// otherwise depend on another package's binary.
+/// The `ingest-core` binary: `INGEST_CORE_BIN` if set (the failover bench builds it first, as
+/// `cargo bench` holds the build lock while the bench runs), else the one of the same profile as
+/// the `http-edge` binary under test, built first (cargo does nothing when it is current): an
+/// integration test of one package cannot otherwise depend on another package's binary.
 pub(crate) fn ingest_core_binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            if let Some(path) = std::env::var_os("INGEST_CORE_BIN") {
+                return PathBuf::from(path);
+            }
             let edge = Path::new(env!("CARGO_BIN_EXE_http-edge"));
             let profile_dir = edge.parent().expect("binary directory");
             let target_dir = profile_dir.parent().expect("target directory");
@@ -211,12 +215,13 @@ impl Run {
             .collect()
     }
 
-    /// The `q` quantile (0–1) of the latency of webhooks sent in `[from, to)`.
+    /// The `q` quantile (0–1) of the latency of webhooks in flight at some time in
+    /// `[from, to)` (so those caught by a kill at `from` count too).
     pub(crate) fn latency_quantile(&self, q: f64, from: Duration, to: Duration) -> Duration {
         let mut took: Vec<Duration> = self
             .sent
             .iter()
-            .filter(|s| s.at >= from && s.at < to)
+            .filter(|s| in_flight(s, from, to))
             .map(|s| s.took)
             .collect();
         if took.is_empty() {
@@ -227,13 +232,14 @@ impl Run {
         took[rank.clamp(1, took.len()) - 1]
     }
 
-    /// Webhooks sent in `[from, to)`.
+    /// Webhooks in flight at some time in `[from, to)`.
     pub(crate) fn sent_between(&self, from: Duration, to: Duration) -> usize {
-        self.sent
-            .iter()
-            .filter(|s| s.at >= from && s.at < to)
-            .count()
+        self.sent.iter().filter(|s| in_flight(s, from, to)).count()
     }
+}
+
+fn in_flight(s: &Sent, from: Duration, to: Duration) -> bool {
+    s.at < to && s.at + s.took >= from
 }
 
 /// A single-event Bandwidth inbound webhook for message `id`.
