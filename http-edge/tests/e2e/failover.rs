@@ -97,6 +97,11 @@ async fn a_core_sigkilled_mid_run_refuses_nothing_and_loses_or_doubles_nothing()
         &redis_url,
         "--redis-key-prefix",
         &prefix,
+        // Each event waits up to 300 ms for its SQS batch to fill, so the killed core holds
+        // the Redis claims of several events when it dies: their retries on the other core must
+        // take those claims over within the edge's deadline.
+        "--sqs-linger-ms",
+        "300",
     ];
     let env = [
         ("AWS_ENDPOINT_URL", endpoint.as_str()),
@@ -140,6 +145,8 @@ async fn a_core_sigkilled_mid_run_refuses_nothing_and_loses_or_doubles_nothing()
         run.restarted_at < run.elapsed && run.sent_between(run.killed_at, run.restarted_at) > 50,
         "webhooks were sent while the core was down, and after it came back: {run:?}"
     );
+    let caught = run.sent_between(run.killed_at, run.killed_at);
+    assert!(caught >= 3, "the kill caught webhooks in flight: {caught}");
     assert_eq!(
         run.refused(),
         0,
