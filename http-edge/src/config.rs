@@ -41,7 +41,10 @@ pub struct EdgeConfig {
     /// Address the HTTP server listens on.
     #[arg(long, env = "INGEST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// gRPC URL of ingest-core (ignored with --embedded-core).
+    /// gRPC URL of ingest-core (ignored with --embedded-core). Several replicas may be listed,
+    /// comma-separated (`http://10.0.0.5:50051,http://10.0.0.6:50051`): calls are spread over
+    /// them, and a call that a replica cannot take (unreachable, connection lost, UNAVAILABLE)
+    /// is retried on another within --core-timeout-ms.
     #[arg(
         long,
         env = "INGEST_CORE_URL",
@@ -77,7 +80,8 @@ pub struct EdgeConfig {
     #[arg(long, env = "INGEST_HTTP_CONCURRENCY_LIMIT", default_value_t = 2048)]
     pub http_concurrency_limit: usize,
     /// Re-resolve the core URL's host name every this many seconds and balance calls over every
-    /// address it returns (a headless Service in Kubernetes). 0: one connection, no balancing.
+    /// address it returns (a headless Service in Kubernetes), failing over between them. 0: one
+    /// connection per URL in --core-url.
     #[arg(long, env = "INGEST_CORE_DNS_REFRESH_SECS", default_value_t = 0)]
     pub core_dns_refresh_secs: u64,
     /// Public base URL carriers call (e.g. `https://hooks.example.com`), used to check

@@ -20,8 +20,16 @@ use crate::{
 
 /// Largest accepted gRPC message.
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-/// How long a claim may be held before another caller may take it over.
+/// How long a claim may be held before another caller may take it over: in memory (one process,
+/// so its holder cannot die alone) and, in Redis, the longest a live holder keeps renewing one.
 const CLAIM_LEASE: Duration = Duration::from_secs(30);
+/// The Redis claim lease, renewed by its holder while the publish runs: a replica that dies
+/// leaves claims that lapse within this, so a retry on another replica takes over quickly.
+const REDIS_CLAIM_LEASE: Duration = Duration::from_millis(1_500);
+/// The longest a claim waits on another replica's live claim. It must exceed the Redis lease (so
+/// a dead holder's claim is taken over) and stay below the edge's deadline (`--core-timeout-ms`,
+/// 5 s by default), so the retry answers before the edge gives up.
+const REDIS_CLAIM_WAIT: Duration = Duration::from_secs(3);
 /// How often a degraded dedupe store checks whether Redis is back.
 const REDIS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often readiness re-checks the publisher's queues.
@@ -109,10 +117,11 @@ pub async fn build_pipeline_with(
                 RedisSettings {
                     key_prefix: config.redis_key_prefix.clone(),
                     ttl,
-                    lease: CLAIM_LEASE,
+                    lease: REDIS_CLAIM_LEASE,
+                    max_hold: CLAIM_LEASE,
                     timeout: config.redis_timeout(),
                     // Past the caller's deadline the answer would be useless.
-                    claim_wait: config.request_timeout(),
+                    claim_wait: REDIS_CLAIM_WAIT.min(config.request_timeout()),
                 },
             )
             .map_err(|e| BuildError::Redis(format!("{e} ({url})")))?;

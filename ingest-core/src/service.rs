@@ -90,21 +90,57 @@ impl IngestError {
     }
 }
 
+/// Most field violations carried in one error's details. A batch of 100 events can have hundreds
+/// of violations; every one of them in the `grpc-status-details-bin` and `grpc-message` headers
+/// overflows HTTP/2's header block, and the call then fails as a protocol error (a 500 at the
+/// edge, which a carrier retries forever) instead of the INVALID_ARGUMENT it is.
+pub const MAX_REPORTED_VIOLATIONS: usize = 10;
+/// Longest `grpc-message`, in bytes, for the same reason.
+const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
+/// The field named by the violation that says how many more were left out.
+pub const MORE_VIOLATIONS_FIELD: &str = "(more)";
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn truncated(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
 impl From<IngestError> for Status {
     fn from(e: IngestError) -> Self {
         let code = e.code();
         match e {
             IngestError::Invalid(violations) => {
+                // The first violations, and a count of the rest: enough to fix the sender, and
+                // small enough for HTTP/2 headers whatever the batch.
+                let shown = &violations[..violations.len().min(MAX_REPORTED_VIOLATIONS)];
+                let more = violations.len() - shown.len();
                 let mut details = ErrorDetails::new();
-                for v in &violations {
+                for v in shown {
                     details.add_bad_request_violation(v.field.clone(), v.description.clone());
                 }
-                let summary = violations
+                let mut summary = shown
                     .iter()
                     .map(|v| format!("{} {}", v.field, v.description))
                     .collect::<Vec<_>>()
                     .join("; ");
-                Status::with_error_details(code, format!("invalid event: {summary}"), details)
+                if more > 0 {
+                    let note = format!("and {more} more violations not listed");
+                    details.add_bad_request_violation(MORE_VIOLATIONS_FIELD, note.clone());
+                    summary = format!("{summary}; {note}");
+                }
+                let message = truncated(
+                    format!("invalid event: {summary}"),
+                    MAX_STATUS_MESSAGE_BYTES,
+                );
+                Status::with_error_details(code, message, details)
             }
             // Internal detail was logged where it happened; the reply stays generic.
             IngestError::Publish(_) | IngestError::Dedupe(_) => {
@@ -450,6 +486,60 @@ impl IngestService for IngestGrpc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn violations(n: usize) -> IngestError {
+        IngestError::Invalid(
+            (0..n)
+                .map(|i| Violation {
+                    field: format!("events[{i}].inbound.from"),
+                    description: "is not an E.164 number".into(),
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn many_violations_give_bounded_details_with_a_count_of_the_rest() {
+        for n in [
+            1,
+            MAX_REPORTED_VIOLATIONS,
+            MAX_REPORTED_VIOLATIONS + 1,
+            100,
+            1000,
+        ] {
+            let status = Status::from(violations(n));
+            assert_eq!(status.code(), Code::InvalidArgument);
+            let bad = status
+                .get_details_bad_request()
+                .expect("bad request details");
+            let listed = n.min(MAX_REPORTED_VIOLATIONS);
+            assert_eq!(bad.field_violations[0].field, "events[0].inbound.from");
+            if n > MAX_REPORTED_VIOLATIONS {
+                assert_eq!(bad.field_violations.len(), listed + 1, "{n}");
+                let last = bad.field_violations.last().unwrap();
+                assert_eq!(last.field, MORE_VIOLATIONS_FIELD);
+                assert!(last.description.contains(&format!("{} more", n - listed)));
+                assert!(
+                    status
+                        .message()
+                        .contains(&format!("and {} more", n - listed))
+                );
+            } else {
+                assert_eq!(bad.field_violations.len(), listed, "{n}");
+            }
+            // Both headers together stay far below HTTP/2's usual 16 KiB header list.
+            let headers = status.details().len() * 4 / 3 + status.message().len();
+            assert!(headers < 4096, "{n} violations: {headers} bytes of headers");
+        }
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let cut = truncated("é".repeat(1000), 11);
+        assert!(cut.len() <= 11 + '…'.len_utf8());
+        assert!(cut.ends_with('…'));
+        assert_eq!(truncated("short".into(), 11), "short");
+    }
 
     #[test]
     fn carrier_overrides_win_and_all_lists_each_queue_once() {

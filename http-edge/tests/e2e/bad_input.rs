@@ -197,3 +197,49 @@ async fn unknown_paths_and_methods() {
     assert_eq!(r.status(), 405);
     assert_eq!(edge.spooled_count(), 0);
 }
+
+/// A Bandwidth array at the 100-event limit with every event invalid (two violations each):
+/// the core's error details are bounded, so the call is a 400 with a small body, never a 500
+/// from an HTTP/2 header block that overflowed.
+#[tokio::test]
+async fn a_hundred_event_invalid_bandwidth_batch_is_400_with_a_bounded_body() {
+    let edge = Edge::dev().await;
+    let events: Vec<serde_json::Value> = (0..100)
+        .map(|i| {
+            serde_json::json!({
+                "type": "message-received",
+                "time": "2024-01-15T10:30:00.000Z",
+                "to": "+15551234567",
+                "message": {"id": format!("poison-{i}"), "from": "+1", "to": ["+1"], "text": "x"}
+            })
+        })
+        .collect();
+    let body = serde_json::Value::Array(events).to_string();
+    let r = edge.post_json("/bandwidth/15551234567", &body).await;
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 400, "{text}");
+    assert!(text.len() < 4096, "bounded body: {} bytes", text.len());
+    let reply: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(reply["error"], "invalid_request");
+    let violations = reply["violations"].as_array().expect("violations listed");
+    assert!(
+        violations.len() > 1 && violations.len() <= 11,
+        "{violations:?}"
+    );
+    assert_eq!(violations[0]["field"], "events[0].inbound.from");
+    let last = violations.last().unwrap();
+    assert!(
+        last["description"]
+            .as_str()
+            .unwrap()
+            .contains("more violations not listed"),
+        "{last}"
+    );
+    assert!(!text.contains("poison-"), "no message ids or values echoed");
+    assert_eq!(
+        edge.spooled_count(),
+        0,
+        "nothing of a rejected batch is taken"
+    );
+}

@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod conformance;
 mod dedupe;
+mod failover;
 // The SQS-compatible endpoint that fails on command, shared with ingest-core's tests.
 #[path = "../../../ingest-core/tests/backends/fake_sqs.rs"]
 #[allow(dead_code)]
@@ -21,3 +22,4 @@ mod replay;
 mod servers;
 mod signatures;
 mod spec;
+mod two_cores;

@@ -6,9 +6,19 @@
 //! claim (compare-and-set in a Lua script), so a claim that lapsed and was taken over is never
 //! settled by its old holder. A caller that finds a live claim polls until it is committed
 //! (duplicate) or gone (claims again), for at most `claim_wait`.
+//!
+//! The lease is short (about a second or two) and the holder renews it while its publish runs,
+//! so the claims of a replica that dies (SIGKILL, node loss) lapse within one lease and a
+//! carrier's retry on another replica takes over well inside the edge's deadline, while a live
+//! holder's slow publish keeps its claim. Renewal stops after `max_hold`, so a holder that is
+//! alive but stuck cannot keep an event from being published forever.
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -17,7 +27,7 @@ use ::redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 use async_trait::async_trait;
-use tokio::time::Instant;
+use tokio::{task::AbortHandle, time::Instant};
 
 use super::{Claim, ClaimToken, DedupeError, DedupeStore};
 
@@ -41,6 +51,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 ";
+/// Extends the claim's lease if the caller still holds it; 0 once it lapsed or was settled.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+";
 /// Deletes the key if the caller still holds the claim.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -54,8 +69,12 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// How long a committed id is remembered.
     pub ttl: Duration,
-    /// How long a claim is held before another caller may take it over.
+    /// How long a claim lives without renewal; its holder renews it every third of this, so
+    /// it is about how long a dead holder's claim blocks another caller.
     pub lease: Duration,
+    /// The longest a holder keeps renewing one claim; past it the claim lapses even though its
+    /// holder is alive (stuck), and another caller may take over.
+    pub max_hold: Duration,
     /// Timeout of one Redis call, and of connecting.
     pub timeout: Duration,
     /// How long a claim waits for another caller's live claim to settle before giving up.
@@ -72,6 +91,9 @@ pub struct RedisDedupe {
     claim: Script,
     commit: Script,
     release: Script,
+    renew: Script,
+    /// The renewal task of every claim this process holds, by token.
+    renewals: Mutex<HashMap<String, AbortHandle>>,
 }
 
 impl std::fmt::Debug for RedisDedupe {
@@ -103,6 +125,8 @@ impl RedisDedupe {
             claim: Script::new(CLAIM),
             commit: Script::new(COMMIT),
             release: Script::new(RELEASE),
+            renew: Script::new(RENEW),
+            renewals: Mutex::new(HashMap::new()),
             settings,
         })
     }
@@ -163,6 +187,71 @@ impl RedisDedupe {
         let mut conn = self.conn.clone();
         self.timed(invocation.invoke_async::<i64>(&mut conn)).await
     }
+
+    fn renewals(&self) -> std::sync::MutexGuard<'_, HashMap<String, AbortHandle>> {
+        // Every update is one map operation: a panic elsewhere leaves it consistent.
+        self.renewals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps the claim `token` on `key` alive until it is settled, lapses, or `max_hold` ends.
+    fn start_renewal(&self, key: String, token: String) {
+        let mut conn = self.conn.clone();
+        let script = self.renew.clone();
+        let every = self.settings.lease / 3;
+        let lease = millis(self.settings.lease);
+        let timeout = self.settings.timeout;
+        let until = Instant::now() + self.settings.max_hold;
+        let task_token = token.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if Instant::now() >= until {
+                    tracing::warn!(
+                        "dedupe: claim held past its longest hold; letting it lapse so a retry can publish"
+                    );
+                    return;
+                }
+                let mut renew = script.key(&key);
+                renew.arg(&task_token).arg(&lease);
+                match tokio::time::timeout(timeout, renew.invoke_async::<i64>(&mut conn)).await {
+                    Ok(Ok(0)) => return,
+                    Ok(Ok(_)) => {}
+                    // Redis is slow or away: try again; if it stays away the claim lapses,
+                    // which is what a degraded store accepts.
+                    Ok(Err(error)) => tracing::debug!(%error, "dedupe: lease renewal failed"),
+                    Err(_) => tracing::debug!("dedupe: lease renewal timed out"),
+                }
+            }
+        });
+        let mut renewals = self.renewals();
+        // Settled ones are removed as they settle; a finished task (lapsed, max hold) is dropped
+        // here so the map stays as small as the claims in flight.
+        renewals.retain(|_, t| !t.is_finished());
+        renewals.insert(token, task.abort_handle());
+    }
+
+    fn stop_renewal(&self, token: &ClaimToken) {
+        if let Some(task) = self.renewals().remove(&token.0) {
+            task.abort();
+        }
+    }
+
+    /// How many claims this store is renewing (claims in flight).
+    pub fn renewing(&self) -> usize {
+        self.renewals()
+            .values()
+            .filter(|t| !t.is_finished())
+            .count()
+    }
+}
+
+impl Drop for RedisDedupe {
+    /// A dropped store holds nothing any more: its claims lapse as a dead process's would.
+    fn drop(&mut self) {
+        for (_, task) in self.renewals().drain() {
+            task.abort();
+        }
+    }
 }
 
 /// `d` in whole milliseconds, at least 1 (`PX 0` is an error).
@@ -187,7 +276,10 @@ impl DedupeStore for RedisDedupe {
                 .run(&self.claim, &key, &[&token, &lease, COMMITTED])
                 .await?
             {
-                1 => return Ok(Claim::Acquired(ClaimToken(token))),
+                1 => {
+                    self.start_renewal(key, token.clone());
+                    return Ok(Claim::Acquired(ClaimToken(token)));
+                }
                 2 => return Ok(Claim::Duplicate),
                 _ => {}
             }
@@ -200,6 +292,7 @@ impl DedupeStore for RedisDedupe {
     }
 
     async fn commit(&self, id: &str, token: &ClaimToken) -> Result<(), DedupeError> {
+        self.stop_renewal(token);
         let ttl = millis(self.settings.ttl);
         let done = self
             .run(&self.commit, &self.key(id), &[&token.0, COMMITTED, &ttl])
@@ -213,6 +306,7 @@ impl DedupeStore for RedisDedupe {
     }
 
     async fn release(&self, id: &str, token: &ClaimToken) -> Result<(), DedupeError> {
+        self.stop_renewal(token);
         self.run(&self.release, &self.key(id), &[&token.0]).await?;
         Ok(())
     }
@@ -239,6 +333,7 @@ mod tests {
             key_prefix: "p:".into(),
             ttl: Duration::from_secs(1),
             lease: Duration::from_secs(1),
+            max_hold: Duration::from_secs(1),
             timeout: Duration::from_millis(100),
             claim_wait: Duration::from_secs(1),
         };

@@ -9,12 +9,23 @@ use ingest_core::dedupe::{
 use crate::support::{Server, unique};
 
 fn store(redis: &Server, prefix: &str, lease: Duration, claim_wait: Duration) -> RedisDedupe {
+    store_holding(redis, prefix, lease, Duration::from_secs(30), claim_wait)
+}
+
+fn store_holding(
+    redis: &Server,
+    prefix: &str,
+    lease: Duration,
+    max_hold: Duration,
+    claim_wait: Duration,
+) -> RedisDedupe {
     RedisDedupe::new(
         &format!("redis://{}", redis.addr()),
         RedisSettings {
             key_prefix: prefix.to_owned(),
             ttl: Duration::from_secs(60),
             lease,
+            max_hold,
             timeout: Duration::from_millis(500),
             claim_wait,
         },
@@ -90,9 +101,17 @@ async fn lapsed_claims_are_taken_over_and_waiting_is_bounded() {
         Duration::from_millis(150),
     );
 
-    // A holder that vanished: its lease lapses, the next claimer takes over, and the old
-    // holder's late commit does not overwrite the new claim.
-    let old = acquire(&short, "k").await;
+    // A holder that vanished (its store dropped, as when its process dies): its lease lapses,
+    // the next claimer takes over, and the old holder's late commit does not overwrite the new
+    // claim.
+    let vanished = store(
+        &redis,
+        &prefix,
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+    );
+    let old = acquire(&vanished, "k").await;
+    drop(vanished);
     let new = acquire(&short, "k").await;
     assert_ne!(old, new);
     short.commit("k", &old).await.unwrap();
@@ -111,4 +130,63 @@ async fn lapsed_claims_are_taken_over_and_waiting_is_bounded() {
     assert!(matches!(r, Err(DedupeError::Contended)), "{r:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(impatient.key("busy").starts_with(&prefix));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_holder_keeps_its_claim_past_the_lease_and_a_dead_ones_lapses_within_it() {
+    let redis = Server::redis();
+    let prefix = unique("renew") + ":";
+    let lease = Duration::from_millis(300);
+    let holder = store(&redis, &prefix, lease, Duration::from_secs(5));
+    let impatient = store(&redis, &prefix, lease, Duration::from_millis(200));
+
+    // A publish that takes several leases: the live holder renews, nobody takes over.
+    let t = acquire(&holder, "slow").await;
+    assert_eq!(holder.renewing(), 1);
+    tokio::time::sleep(lease * 4).await;
+    let r = impatient.claim("slow").await;
+    assert!(
+        matches!(r, Err(DedupeError::Contended)),
+        "a renewed claim stays held: {r:?}"
+    );
+    holder.commit("slow", &t).await.unwrap();
+    assert_eq!(holder.renewing(), 0, "settling stops the renewal");
+    assert_eq!(impatient.claim("slow").await.unwrap(), Claim::Duplicate);
+
+    // The holder dies mid-publish: a waiter takes over within about one lease, far inside an
+    // edge deadline of seconds, and publishes.
+    let dying = store(&redis, &prefix, lease, Duration::from_secs(5));
+    let _held = acquire(&dying, "orphan").await;
+    tokio::time::sleep(lease * 2).await;
+    drop(dying);
+    let waiter = store(&redis, &prefix, lease, Duration::from_secs(5));
+    let started = std::time::Instant::now();
+    let t = acquire(&waiter, "orphan").await;
+    let waited = started.elapsed();
+    assert!(
+        waited <= lease + Duration::from_millis(250),
+        "a dead holder's claim lapses within a lease: waited {waited:?}"
+    );
+    waiter.commit("orphan", &t).await.unwrap();
+    assert_eq!(impatient.claim("orphan").await.unwrap(), Claim::Duplicate);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_holder_stops_renewing_after_its_longest_hold() {
+    let redis = Server::redis();
+    let prefix = unique("stuck") + ":";
+    let lease = Duration::from_millis(200);
+    let max_hold = Duration::from_millis(800);
+    let stuck = store_holding(&redis, &prefix, lease, max_hold, Duration::from_secs(5));
+    let other = store(&redis, &prefix, lease, Duration::from_secs(5));
+    let started = std::time::Instant::now();
+    let _never_settled = acquire(&stuck, "k").await;
+    let taken = acquire(&other, "k").await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= max_hold && waited <= max_hold + lease + Duration::from_millis(300),
+        "renewed up to the longest hold, then lapsed: {waited:?}"
+    );
+    other.commit("k", &taken).await.unwrap();
+    assert_eq!(stuck.claim("k").await.unwrap(), Claim::Duplicate);
 }

@@ -1,0 +1,191 @@
+//! Failover across core replicas: two real ingest-core processes (on 127.0.0.2 and 127.0.0.3,
+//! one port, like two pods behind a headless Service) sharing Redis dedupe and moto's SQS, one
+//! real edge listing both, and one core SIGKILLed mid-run and started again.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use aws_sdk_sqs::types::QueueAttributeName;
+
+use crate::{
+    harness::Edge,
+    servers::{Server, free_port},
+    two_cores::{CoreProcess, Plan, send_through_a_kill},
+};
+
+async fn sqs(moto: &Server) -> aws_sdk_sqs::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(format!("http://{}", moto.addr()))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&config)
+}
+
+/// Receives and deletes every message on `queue`; how many times each event id came.
+async fn drain_ids(client: &aws_sdk_sqs::Client, queue: &str) -> HashMap<String, usize> {
+    let mut ids = HashMap::new();
+    let mut empty_rounds = 0;
+    while empty_rounds < 3 {
+        let reply = client
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .visibility_timeout(60)
+            .send()
+            .await
+            .expect("receive_message");
+        let messages = reply.messages();
+        if messages.is_empty() {
+            empty_rounds += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        empty_rounds = 0;
+        for m in messages {
+            let body: serde_json::Value =
+                serde_json::from_str(m.body().expect("body")).expect("JSON body");
+            let id = body["eventId"].as_str().expect("eventId").to_owned();
+            *ids.entry(id).or_default() += 1;
+            client
+                .delete_message()
+                .queue_url(queue)
+                .receipt_handle(m.receipt_handle().expect("receipt handle"))
+                .send()
+                .await
+                .expect("delete_message");
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_sigkilled_mid_run_refuses_nothing_and_loses_or_doubles_nothing() {
+    let moto = Server::moto();
+    let redis = Server::redis();
+    let client = sqs(&moto).await;
+    // FIFO, as in production: the event id is the MessageDeduplicationId, which absorbs the
+    // one copy a core can publish twice (killed after SQS took the event, before the dedupe
+    // commit). Redis dedupe and the edge's failover are what must keep everything else once.
+    let name = format!("failover-{}.fifo", free_port());
+    let queue = client
+        .create_queue()
+        .queue_name(&name)
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url
+        .expect("queue url");
+    let redis_url = format!("redis://{}", redis.addr());
+    let prefix = format!("failover-{}:", free_port());
+    let endpoint = format!("http://{}", moto.addr());
+    let args = [
+        "--publisher=sqs",
+        "--inbound-queue",
+        &queue,
+        "--status-queue",
+        &queue,
+        "--dedupe=redis",
+        "--redis-url",
+        &redis_url,
+        "--redis-key-prefix",
+        &prefix,
+        // Each event waits up to 300 ms for its SQS batch to fill, so the killed core holds
+        // the Redis claims of several events when it dies: their retries on the other core must
+        // take those claims over within the edge's deadline.
+        "--sqs-linger-ms",
+        "300",
+    ];
+    let env = [
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+    ];
+    let port = free_port();
+    let a = CoreProcess::start(([127, 0, 0, 2], port).into(), &args, &env);
+    let b = Arc::new(Mutex::new(CoreProcess::start(
+        ([127, 0, 0, 3], port).into(),
+        &args,
+        &env,
+    )));
+    let core_url = format!("http://127.0.0.2:{port},http://127.0.0.3:{port}");
+    let edge = Edge::without_core(&core_url, &["--core-timeout-ms", "5000"]).await;
+    let ready = edge.client.get(edge.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "both cores serve");
+
+    let plan = Plan {
+        // moto takes ~50 SendMessageBatch calls a second and slows as a queue fills: a pace it
+        // keeps up with, so every latency seen is the failover's.
+        events: 300,
+        concurrency: 16,
+        rate_per_sec: 25.0,
+        kill_at: 75,
+        restart_after: Duration::from_secs(3),
+        tag: format!("fo{}", free_port()),
+    };
+    let run = send_through_a_kill(&edge.base, &plan, b.clone()).await;
+    let statuses = run.statuses();
+    let logs = || {
+        format!(
+            "edge:\n{}\ncore a:\n{}\ncore b:\n{}",
+            edge.log(),
+            a.logs(),
+            b.lock().unwrap().logs()
+        )
+    };
+    assert!(
+        run.restarted_at < run.elapsed && run.sent_between(run.killed_at, run.restarted_at) > 50,
+        "webhooks were sent while the core was down, and after it came back: {run:?}"
+    );
+    let caught = run.sent_between(run.killed_at, run.killed_at);
+    assert!(caught >= 3, "the kill caught webhooks in flight: {caught}");
+    assert_eq!(
+        run.refused(),
+        0,
+        "every webhook is taken: {statuses:?}\n{}",
+        logs()
+    );
+
+    let on_sqs = drain_ids(&client, &queue).await;
+    let acknowledged = run.acknowledged();
+    assert_eq!(acknowledged.len(), plan.events);
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !on_sqs.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not on SQS: {missing:?}"
+    );
+    let doubled: Vec<(&String, &usize)> = on_sqs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "on SQS more than once: {doubled:?}");
+    assert_eq!(on_sqs.len(), plan.events, "nothing else on the queue");
+
+    let edge_log = edge.log();
+    assert!(
+        edge_log.contains("out of rotation"),
+        "the dead core was ejected:\n{edge_log}"
+    );
+    assert!(
+        edge_log.contains("back in rotation"),
+        "the restarted core was readmitted:\n{edge_log}"
+    );
+    eprintln!(
+        "failover: {} webhooks, statuses {statuses:?}, p99 {:?} overall, {:?} from the kill to 2 s after the restart",
+        plan.events,
+        run.latency_quantile(0.99, Duration::ZERO, run.elapsed),
+        run.latency_quantile(
+            0.99,
+            run.killed_at,
+            run.restarted_at + Duration::from_secs(2)
+        ),
+    );
+}

@@ -1,0 +1,354 @@
+//! Two real ingest-core processes behind one real edge, a sender that sends each event once,
+//! and a SIGKILL of one core mid-run followed by its restart. Shared by the e2e test (moto,
+//! small counts) and the failover bench (a fast SQS fake, large counts), which includes this
+//! file by path.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// The `ingest-core` binary: `INGEST_CORE_BIN` if set (the failover bench builds it first, as
+/// `cargo bench` holds the build lock while the bench runs), else the one of the same profile as
+/// the `http-edge` binary under test, built first (cargo does nothing when it is current): an
+/// integration test of one package cannot otherwise depend on another package's binary.
+pub(crate) fn ingest_core_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("INGEST_CORE_BIN") {
+                return PathBuf::from(path);
+            }
+            let edge = Path::new(env!("CARGO_BIN_EXE_http-edge"));
+            let profile_dir = edge.parent().expect("binary directory");
+            let target_dir = profile_dir.parent().expect("target directory");
+            let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+                Some("debug") => "dev",
+                Some(other) => other,
+                None => "dev",
+            };
+            let status = Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "ingest-core",
+                    "--bin",
+                    "ingest-core",
+                ])
+                .args(["--profile", profile])
+                .arg("--target-dir")
+                .arg(target_dir)
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("run cargo build for ingest-core");
+            assert!(status.success(), "building ingest-core failed");
+            let binary = profile_dir.join("ingest-core");
+            assert!(binary.is_file(), "{} missing", binary.display());
+            binary
+        })
+        .clone()
+}
+
+/// One ingest-core process on a fixed address, which can be killed and started again there.
+pub(crate) struct CoreProcess {
+    pub(crate) addr: SocketAddr,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    starts: usize,
+}
+
+impl CoreProcess {
+    /// Starts a core on `addr` with `args` (besides the listen address and data directory) and
+    /// `env`, and waits until it listens.
+    pub(crate) fn start(addr: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut core = Self {
+            addr,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            dir: tempfile::tempdir().expect("core data dir"),
+            child: None,
+            starts: 0,
+        };
+        core.restart();
+        core
+    }
+
+    /// (Re)starts the process and waits until it accepts connections.
+    pub(crate) fn restart(&mut self) {
+        assert!(self.child.is_none(), "core {} already running", self.addr);
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.path().join(format!("core-{}.log", self.starts)))
+            .expect("core log");
+        let child = Command::new(ingest_core_binary())
+            .args(["--grpc-listen", &self.addr.to_string()])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args(&self.args)
+            .env_clear()
+            .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ingest-core");
+        self.child = Some(child);
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)).is_err()
+        {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "ingest-core exited at start-up ({status}):\n{}",
+                    self.logs()
+                );
+            }
+            assert!(Instant::now() < give_up, "ingest-core never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, at once: no drain, no settling of claims.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Every log this core wrote, across restarts.
+    pub(crate) fn logs(&self) -> String {
+        (1..=self.starts)
+            .map(|n| {
+                std::fs::read_to_string(self.dir.path().join(format!("core-{n}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
+    }
+}
+
+impl Drop for CoreProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What to send and when to kill.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// Webhooks to send, each a different event, each once.
+    pub(crate) events: usize,
+    /// Webhooks in flight at a time.
+    pub(crate) concurrency: usize,
+    /// Webhooks started per second (spread evenly), so the kill and restart fall mid-run.
+    pub(crate) rate_per_sec: f64,
+    /// The core is killed when this webhook is about to be sent.
+    pub(crate) kill_at: usize,
+    /// How long after the kill it is started again.
+    pub(crate) restart_after: Duration,
+    /// Tag in every message id, so runs never share events.
+    pub(crate) tag: String,
+}
+
+/// One webhook's fate.
+#[derive(Debug, Clone)]
+pub(crate) struct Sent {
+    /// When it was sent, from the start of the run.
+    pub(crate) at: Duration,
+    /// How long the reply took.
+    pub(crate) took: Duration,
+    /// The HTTP status (0: no reply at all).
+    pub(crate) status: u16,
+    /// The event id the edge answered with, on a 2xx.
+    pub(crate) event_id: Option<String>,
+}
+
+/// The whole run.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) sent: Vec<Sent>,
+    /// When the core was killed and started again, from the start of the run.
+    pub(crate) killed_at: Duration,
+    pub(crate) restarted_at: Duration,
+    pub(crate) elapsed: Duration,
+}
+
+impl Run {
+    /// Replies by HTTP status.
+    pub(crate) fn statuses(&self) -> BTreeMap<u16, usize> {
+        let mut by = BTreeMap::new();
+        for s in &self.sent {
+            *by.entry(s.status).or_default() += 1;
+        }
+        by
+    }
+
+    /// Webhooks not answered 2xx.
+    pub(crate) fn refused(&self) -> usize {
+        self.sent
+            .iter()
+            .filter(|s| !(200..300).contains(&s.status))
+            .count()
+    }
+
+    /// The event ids acknowledged with a 2xx.
+    pub(crate) fn acknowledged(&self) -> Vec<String> {
+        self.sent
+            .iter()
+            .filter_map(|s| s.event_id.clone())
+            .collect()
+    }
+
+    /// The `q` quantile (0–1) of the latency of webhooks in flight at some time in
+    /// `[from, to)` (so those caught by a kill at `from` count too).
+    pub(crate) fn latency_quantile(&self, q: f64, from: Duration, to: Duration) -> Duration {
+        let mut took: Vec<Duration> = self
+            .sent
+            .iter()
+            .filter(|s| in_flight(s, from, to))
+            .map(|s| s.took)
+            .collect();
+        if took.is_empty() {
+            return Duration::ZERO;
+        }
+        took.sort();
+        let rank = ((took.len() as f64) * q).ceil() as usize;
+        took[rank.clamp(1, took.len()) - 1]
+    }
+
+    /// Webhooks in flight at some time in `[from, to)`.
+    pub(crate) fn sent_between(&self, from: Duration, to: Duration) -> usize {
+        self.sent.iter().filter(|s| in_flight(s, from, to)).count()
+    }
+}
+
+fn in_flight(s: &Sent, from: Duration, to: Duration) -> bool {
+    s.at < to && s.at + s.took >= from
+}
+
+/// A single-event Bandwidth inbound webhook for message `id`.
+pub(crate) fn bandwidth_inbound(id: &str) -> String {
+    serde_json::json!([{
+        "type": "message-received",
+        "time": "2024-01-15T10:30:00.000Z",
+        "description": "Incoming message received",
+        "to": "+15551234567",
+        "message": {
+            "id": id,
+            "owner": "+15559876543",
+            "time": "2024-01-15T10:30:00.000Z",
+            "direction": "in",
+            "to": ["+15551234567"],
+            "from": "+15559876543",
+            "text": "failover",
+            "media": []
+        }
+    }])
+    .to_string()
+}
+
+/// Sends `plan.events` webhooks to the edge at `base`, killing `victim` mid-run and starting it
+/// again `plan.restart_after` later.
+pub(crate) async fn send_through_a_kill(
+    base: &str,
+    plan: &Plan,
+    victim: Arc<Mutex<CoreProcess>>,
+) -> Run {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("HTTP client");
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let killed_at = Arc::new(Mutex::new(None::<Duration>));
+    let restarter = Arc::new(Mutex::new(None::<tokio::task::JoinHandle<Duration>>));
+    let url = format!("{base}/bandwidth/15551234567");
+    let workers = (0..plan.concurrency).map(|_| {
+        let (client, next, plan, url) = (client.clone(), next.clone(), plan.clone(), url.clone());
+        let (victim, killed_at, restarter) = (victim.clone(), killed_at.clone(), restarter.clone());
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= plan.events {
+                    return sent;
+                }
+                let due = start + Duration::from_secs_f64(i as f64 / plan.rate_per_sec);
+                tokio::time::sleep_until(due.into()).await;
+                if i == plan.kill_at {
+                    victim.lock().unwrap().kill();
+                    *killed_at.lock().unwrap() = Some(start.elapsed());
+                    let (victim, after) = (victim.clone(), plan.restart_after);
+                    *restarter.lock().unwrap() = Some(tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        tokio::task::spawn_blocking(move || {
+                            victim.lock().unwrap().restart();
+                            start.elapsed()
+                        })
+                        .await
+                        .expect("restart")
+                    }));
+                }
+                let body = bandwidth_inbound(&format!("{}-{i}", plan.tag));
+                let at = start.elapsed();
+                let began = Instant::now();
+                let reply = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                let took = began.elapsed();
+                let (status, event_id) = match reply {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let id = r
+                            .headers()
+                            .get("x-ingest-event-id")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        let _ = r.bytes().await;
+                        (status, id.filter(|_| (200..300).contains(&status)))
+                    }
+                    Err(_) => (0, None),
+                };
+                sent.push(Sent {
+                    at,
+                    took,
+                    status,
+                    event_id,
+                });
+            }
+        })
+    });
+    let mut sent = Vec::with_capacity(plan.events);
+    for worker in workers.collect::<Vec<_>>() {
+        sent.extend(worker.await.expect("sender task"));
+    }
+    let elapsed = start.elapsed();
+    let restart = restarter.lock().unwrap().take().expect("the kill happened");
+    let restarted_at = restart.await.expect("restart task");
+    let killed_at = killed_at.lock().unwrap().expect("the kill happened");
+    Run {
+        sent,
+        killed_at,
+        restarted_at,
+        elapsed,
+    }
+}
