@@ -58,6 +58,8 @@ async fn main() {
         &queue,
         "--status-queue",
         &queue,
+        "--quarantine-queue",
+        &queue,
         "--dedupe=redis",
         "--redis-url",
         &redis_url,

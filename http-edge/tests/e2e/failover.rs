@@ -92,6 +92,8 @@ async fn a_core_sigkilled_mid_run_refuses_nothing_and_loses_or_doubles_nothing()
         &queue,
         "--status-queue",
         &queue,
+        "--quarantine-queue",
+        &queue,
         "--dedupe=redis",
         "--redis-url",
         &redis_url,
