@@ -5,8 +5,11 @@
 //! acknowledged, delivered and duplicated, latency during the outage, the outbox's peak depth and
 //! how long it took to drain.
 //!
-//! `cargo bench -p http-edge --bench outage -- [EVENTS] [RATE_PER_SEC] [OUTAGE_SECS] [CONCURRENCY]`
-//! (defaults 6000 200 20 16). Exits non-zero if anything acknowledged is missing or duplicated.
+//! `cargo bench -p http-edge --bench outage -- [EVENTS] [RATE_PER_SEC] [OUTAGE_SECS] [CONCURRENCY]
+//! [kill]` (defaults 6000 200 20 16). With `kill`, the process is SIGKILLed in the middle of the
+//! outage, with acknowledged events in its outbox, and started again on the same data directory;
+//! calls that find it down are counted apart (never acknowledged). Exits non-zero if anything
+//! acknowledged is missing or duplicated.
 
 #[path = "../../ingest-core/tests/backends/fake_sqs.rs"]
 #[allow(dead_code)]
@@ -62,6 +65,9 @@ async fn main() {
     let rate = arg(2, 200);
     let outage_secs = arg(3, 20);
     let concurrency = arg(4, 16) as usize;
+    // `kill`: SIGKILL the process in the middle of the outage (its outbox full of acknowledged
+    // events) and start it again on the same data directory.
+    let kill = std::env::args().any(|a| a == "kill");
     let fake = Arc::new(
         FakeSqs::start(Behaviour {
             latency: Duration::from_millis(5),
@@ -72,33 +78,43 @@ async fn main() {
     let queue = fake.queue_url("bench-outage.fifo");
     let data = tempfile::tempdir().unwrap();
     let (http, grpc, admin) = (free_port(), free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_http-edge"))
-        .args(["--embedded-core", "--insecure-skip-verify"])
-        .args(["--listen", &format!("127.0.0.1:{http}")])
-        .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .arg("--data-dir")
-        .arg(data.path())
-        .args([
-            "--publisher",
-            "sqs",
-            "--inbound-queue",
-            &queue,
-            "--status-queue",
-            &queue,
-            "--quarantine-queue",
-            &queue,
-        ])
-        .env_clear()
-        .env("RUST_LOG", "warn")
-        .env("AWS_ENDPOINT_URL", format!("http://{}", fake.addr))
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(data.path().join("edge.log")).unwrap())
-        .spawn()
-        .expect("start target/release/http-edge");
+    let fake_addr = fake.addr;
+    let dir = data.path().to_owned();
+    let spawn = move || {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("edge.log"))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_http-edge"))
+            .args(["--embedded-core", "--insecure-skip-verify"])
+            .args(["--listen", &format!("127.0.0.1:{http}")])
+            .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args([
+                "--publisher",
+                "sqs",
+                "--inbound-queue",
+                &queue,
+                "--status-queue",
+                &queue,
+                "--quarantine-queue",
+                &queue,
+            ])
+            .env_clear()
+            .env("RUST_LOG", "warn")
+            .env("AWS_ENDPOINT_URL", format!("http://{fake_addr}"))
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start target/release/http-edge")
+    };
+    let child = Arc::new(Mutex::new(spawn()));
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{http}");
     for _ in 0..200 {
@@ -152,6 +168,34 @@ async fn main() {
     let run_secs = events as f64 / rate as f64;
     let outage_from = Duration::from_secs_f64((run_secs - outage_secs as f64).max(0.0) / 2.0);
     let outage_to = outage_from + Duration::from_secs(outage_secs);
+    let killer = kill.then(|| {
+        let (child, client, base) = (child.clone(), client.clone(), base.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(
+                (started + outage_from + (outage_to - outage_from) / 2).into(),
+            )
+            .await;
+            let killed_at = Instant::now();
+            {
+                let mut c = child.lock().unwrap();
+                let _ = c.kill();
+                let _ = c.wait();
+                *c = spawn();
+            }
+            for _ in 0..400 {
+                if client
+                    .get(format!("{base}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            (killed_at - started, killed_at.elapsed())
+        })
+    });
     let next = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(Vec::with_capacity(events)));
     let senders: Vec<_> = (0..concurrency)
@@ -237,7 +281,13 @@ async fn main() {
     during.sort();
     let mut all: Vec<Duration> = results.iter().map(|r| r.3).collect();
     all.sort();
-    let refused: Vec<u16> = results.iter().map(|r| r.1).filter(|s| *s != 200).collect();
+    // With `kill`, calls that found the process down got no answer (status 0): never acknowledged.
+    let down = results.iter().filter(|r| kill && r.1 == 0).count();
+    let refused: Vec<u16> = results
+        .iter()
+        .map(|r| r.1)
+        .filter(|s| *s != 200 && !(kill && *s == 0))
+        .collect();
     let drain = match (*outage_end.lock().unwrap(), *drained_at.lock().unwrap()) {
         (Some(end), Some(done)) => {
             format!("{:.2} s", done.saturating_duration_since(end).as_secs_f64())
@@ -266,13 +316,25 @@ async fn main() {
         quantile(&all, 0.99),
         fake.calls_failed()
     );
+    if let Some(killer) = killer {
+        let (at, down_for) = killer.await.unwrap();
+        println!(
+            "SIGKILLed at t={:.1} s during the outage, ready again {:.2} s later; {down} calls \
+             found it down (connection refused, never acknowledged)",
+            at.as_secs_f64(),
+            down_for.as_secs_f64()
+        );
+    }
     println!(
         "outbox peak depth {} events; drained {} after SQS recovered",
         *peak.lock().unwrap(),
         drain
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    {
+        let mut child = child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     if missing > 0 || duplicates > 0 || !refused.is_empty() {
         eprintln!(
             "FAIL:\n{}",
