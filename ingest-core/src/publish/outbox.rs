@@ -602,6 +602,9 @@ impl Reader {
             batch.records.push(record);
             batch.end = self.at;
         }
+        // The buffer may hold bytes past what is durable (a group being written, or one whose
+        // failed write is cut off and written anew): never consume those later.
+        self.file = None;
         Ok(batch)
     }
 }
@@ -761,6 +764,28 @@ mod tests {
             text.replacen("\"at\"", "\"at\"x", 1),
             "nothing changed"
         );
+    }
+
+    #[tokio::test]
+    async fn the_reader_never_uses_bytes_past_what_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = QueueLog::open(dir.path(), Q, 1 << 20, 1 << 20).unwrap();
+        log.append(&event("a")).await.unwrap();
+        let seg = segment_path(&dir.path().join("in.fifo"), 1);
+        let durable = fs::metadata(&seg).unwrap().len();
+        // A group being written (not yet synced) when the relay reads: not to be read...
+        append_raw(&seg, b"{\"at\":1,\"event\":{\"id\":\"ghost\"");
+        let mut reader = log.take_reader().unwrap();
+        assert_eq!(ids(&log.read(&mut reader, 10).unwrap()), ["a"]);
+        // ...and after its write failed and was cut off, the next group takes its place.
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(durable)
+            .unwrap();
+        log.append(&event("b")).await.unwrap();
+        assert_eq!(ids(&log.read(&mut reader, 10).unwrap()), ["b"]);
     }
 
     #[tokio::test]
