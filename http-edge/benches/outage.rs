@@ -59,6 +59,21 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Waits (at most 10 s) until the edge answers `/readyz` with 200.
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    for _ in 0..400 {
+        if client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let events = arg(1, 6000) as usize;
@@ -117,17 +132,7 @@ async fn main() {
     let child = Arc::new(Mutex::new(spawn()));
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{http}");
-    for _ in 0..200 {
-        if client
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ready(&client, &base).await;
 
     // Watch the outbox depth.
     let peak = Arc::new(Mutex::new(0f64));
@@ -182,17 +187,7 @@ async fn main() {
                 let _ = c.wait();
                 *c = spawn();
             }
-            for _ in 0..400 {
-                if client
-                    .get(format!("{base}/readyz"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
+            wait_ready(&client, &base).await;
             (killed_at - started, killed_at.elapsed())
         })
     });
