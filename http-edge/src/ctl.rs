@@ -559,7 +559,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<i32, CtlError> {
                             e.reason.clone(),
                             e.received_at.clone(),
                             format!("{} {}", e.method, e.path),
-                            e.body_bytes().len().to_string(),
+                            e.body_len().to_string(),
                         ]
                     })
                     .collect();
@@ -697,7 +697,7 @@ fn summary(e: &Entry) -> serde_json::Value {
         "receivedAt": e.received_at,
         "method": e.method,
         "path": e.path,
-        "bodyBytes": e.body_bytes().len(),
+        "bodyBytes": e.body_len(),
         "bodySha256": e.body_sha256,
     })
 }

@@ -89,6 +89,17 @@ impl Entry {
         }
     }
 
+    /// The length of the raw body (a text body is not copied).
+    pub fn body_len(&self) -> usize {
+        match (&self.body, &self.body_base64) {
+            (Some(text), _) => text.len(),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_or(0, |b| b.len()),
+            (None, None) => 0,
+        }
+    }
+
     /// The queue message for this entry.
     pub fn to_outbound(&self) -> OutboundEvent {
         OutboundEvent {
@@ -235,6 +246,8 @@ mod tests {
         let binary = entry(record(&[0xff, 0xfe, 0]), "t").unwrap();
         assert!(binary.body.is_none());
         assert_eq!(binary.body_bytes(), [0xff, 0xfe, 0]);
+        assert_eq!(binary.body_len(), 3);
+        assert_eq!(a.body_len(), 6);
         let out = a.to_outbound();
         assert_eq!(out.attribute("reason"), Some("invalid_request"));
         assert_eq!(out.attribute("kind"), Some("quarantine"));

@@ -322,7 +322,7 @@ impl Pipeline {
                             reason: metrics::static_reason(&entry.reason),
                         })
                         .inc();
-                    tracing::info!(body_bytes = entry.body_bytes().len(), "call quarantined");
+                    tracing::info!(body_bytes = entry.body_len(), "call quarantined");
                 } else {
                     tracing::info!("call already quarantined");
                 }

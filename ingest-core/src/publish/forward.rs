@@ -298,7 +298,7 @@ async fn deliver(sqs: &SqsPublisher, log: &QueueLog, queue: &str, chunk: Vec<&Re
     let mut pending = chunk;
     let mut attempt = 0;
     loop {
-        let events: Vec<OutboundEvent> = pending.iter().map(|r| r.event.clone()).collect();
+        let events: Vec<&OutboundEvent> = pending.iter().map(|r| &r.event).collect();
         let results = sqs.send_once(queue, &events).await;
         let mut again = Vec::new();
         let mut why = None;

@@ -375,9 +375,15 @@ impl QueueLog {
 
     /// Appends `event` durably; fails with [`PublishError::Full`] past the bound.
     pub async fn append(&self, event: &OutboundEvent) -> Result<(), PublishError> {
-        let mut line = serde_json::to_vec(&Record {
+        // The stored form of a `Record`, borrowing the event instead of copying it.
+        #[derive(Serialize)]
+        struct RecordRef<'a> {
+            at: u64,
+            event: &'a OutboundEvent,
+        }
+        let mut line = serde_json::to_vec(&RecordRef {
             at: now_ms(),
-            event: event.clone(),
+            event,
         })
         .map_err(|e| PublishError::Io(io::Error::other(e)))?;
         line.push(b'\n');

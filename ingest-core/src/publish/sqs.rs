@@ -187,18 +187,20 @@ impl SqsPublisher {
 
     /// The circuit breaker of `queue`.
     pub fn breaker(&self, queue: &str) -> Arc<Breaker> {
-        self.breakers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(queue.to_owned())
-            .or_insert_with(|| Arc::new(Breaker::new(queue, self.settings.breaker_failures)))
-            .clone()
+        let mut breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        // Looked up on every publish: no allocation unless the queue is new.
+        if let Some(b) = breakers.get(queue) {
+            return b.clone();
+        }
+        let b = Arc::new(Breaker::new(queue, self.settings.breaker_failures));
+        breakers.insert(queue.to_owned(), b.clone());
+        b
     }
 
     /// Sends `events` (at most [`MAX_BATCH_ENTRIES`], at most [`MAX_BATCH_BYTES`]) to `queue` in
     /// one `SendMessageBatch` call, with no retries, and says what became of each entry. The
     /// outbox relay uses it, so it keeps its own order and retries.
-    pub async fn send_once(&self, queue: &str, events: &[OutboundEvent]) -> Vec<EntryResult> {
+    pub async fn send_once(&self, queue: &str, events: &[&OutboundEvent]) -> Vec<EntryResult> {
         let entries: Vec<_> = events.iter().map(|e| entry_for(queue, e).0).collect();
         call_batch(
             &self.client,
