@@ -130,7 +130,17 @@ async fn replay_publishes_what_todays_parser_accepts_once_and_keeps_the_rest() {
     let (code, _, err) = ctl(&["quarantine", "show", "nope", "--data-dir", data], &[]);
     assert_eq!(code, 2, "{err}");
 
-    // The core gone: an error, not a silent success.
+    // The core gone while a record that now parses waits: exit 2, and the record stays.
+    let pending = old_record(
+        "old-pending",
+        "/bandwidth/15551234567",
+        &fixed.replace("bw-replay", "bw-pending"),
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(edge.spool_path("quarantine"))
+        .unwrap();
+    std::io::Write::write_all(&mut file, format!("{pending}\n").as_bytes()).unwrap();
     let (code, _, err) = ctl(
         &[
             "quarantine",
@@ -139,12 +149,19 @@ async fn replay_publishes_what_todays_parser_accepts_once_and_keeps_the_rest() {
             data,
             "--core-url",
             "http://127.0.0.1:1",
-            "--carrier",
-            "bandwidth",
+            "--core-timeout-ms",
+            "500",
         ],
         &[],
     );
-    assert!(code == 2 || code == 1, "{err}");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("core"), "{err}");
+    let (_, out, _) = ctl(&["quarantine", "list", "--data-dir", data, "--json"], &[]);
+    assert!(
+        out.contains("old-pending"),
+        "not removed when the core was down: {out}"
+    );
+    assert_eq!(edge.spooled("status").len(), 1);
 
     let (code, out, _) = ctl(&["outbox", "--data-dir", data], &[]);
     assert_eq!(code, 0);
