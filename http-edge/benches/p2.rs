@@ -1,0 +1,181 @@
+//! P2: edge → core → SQS through the release binaries, as separate processes, against an
+//! SQS-compatible endpoint that answers every call after a fixed latency (20 ms by default).
+//! wrk sends the spec's Bandwidth inbound webhook (Basic auth on, each with its own message id)
+//! over 128 connections; at the end every 200 must be on the queue exactly once. Prints
+//! events/s, `SendMessageBatch` calls per event and latency.
+//!
+//! `bash http-edge/benches/p2.sh [SECONDS=10] [CONNECTIONS=128] [SQS_LATENCY_MS=20]`, which
+//! builds the core and hands it to this bench (`cargo bench` holds the build lock).
+
+#[path = "../../ingest-core/tests/backends/fake_sqs.rs"]
+#[allow(dead_code)]
+mod fake_sqs;
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use fake_sqs::{Behaviour, FakeSqs};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn arg(n: usize, default: u64) -> u64 {
+    std::env::args()
+        .filter(|a| !a.starts_with('-'))
+        .nth(n)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Kills the child when the bench ends, however it ends.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_ready(url: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..400 {
+        if client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("not ready: {url}");
+}
+
+/// `key=value` of wrk's `RESULT` line (benches/bandwidth.lua).
+fn result(wrk: &str, key: &str) -> f64 {
+    let line = wrk
+        .lines()
+        .find(|l| l.starts_with("RESULT"))
+        .unwrap_or_else(|| panic!("no RESULT line in wrk's output:\n{wrk}"));
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+}
+
+#[tokio::main]
+async fn main() {
+    let seconds = arg(1, 10);
+    let connections = arg(2, 128);
+    let latency_ms = arg(3, 20);
+    let core_bin = std::env::var("INGEST_CORE_BIN").expect("INGEST_CORE_BIN (run benches/p2.sh)");
+    let fake = FakeSqs::start(Behaviour {
+        latency: Duration::from_millis(latency_ms),
+        ..Default::default()
+    })
+    .await;
+    let queue = fake.queue_url("p2-inbound");
+    let data = tempfile::tempdir().unwrap();
+    let (http, grpc, core_admin, edge_admin) = (free_port(), free_port(), free_port(), free_port());
+    let log = |name: &str| std::fs::File::create(data.path().join(name)).unwrap();
+
+    let _core = Reaped(
+        Command::new(&core_bin)
+            .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{core_admin}")])
+            .arg("--data-dir")
+            .arg(data.path().join("core"))
+            .args(["--publisher", "sqs"])
+            .args(["--inbound-queue", &queue, "--status-queue", &queue])
+            .args(["--quarantine-queue", &queue])
+            .env_clear()
+            .env("AWS_ENDPOINT_URL", format!("http://{}", fake.addr))
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .stdout(Stdio::null())
+            .stderr(log("core.log"))
+            .spawn()
+            .expect("start ingest-core"),
+    );
+    let _edge = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_http-edge"))
+            .args(["--core-url", &format!("http://127.0.0.1:{grpc}")])
+            .args(["--bandwidth-basic-auth", "bench:bench"])
+            // wrk is one client: the per-client limit stays on, far above its rate.
+            .args([
+                "--rate-limit-per-sec",
+                "10000000",
+                "--rate-limit-burst",
+                "10000000",
+            ])
+            .args(["--listen", &format!("127.0.0.1:{http}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{edge_admin}")])
+            .env_clear()
+            .stdout(Stdio::null())
+            .stderr(log("edge.log"))
+            .spawn()
+            .expect("start http-edge"),
+    );
+    wait_ready(&format!("http://127.0.0.1:{http}/readyz")).await;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/bandwidth.lua");
+    let wrk = tokio::process::Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
+        .args(["-s", script, &format!("http://127.0.0.1:{http}")])
+        .env("WRK_RUN", format!("p2-{}", std::process::id()))
+        .output()
+        .await
+        .expect("run wrk (apt-get install -y wrk)");
+    let wrk = String::from_utf8_lossy(&wrk.stdout).into_owned();
+    let (requests, non200) = (result(&wrk, "requests"), result(&wrk, "non200"));
+    let acked = (requests - non200) as usize;
+
+    // Calls still in flight when wrk stopped finish within the latency.
+    tokio::time::sleep(Duration::from_millis(500 + 4 * latency_ms)).await;
+    let accepted = fake.accepted();
+    let twice = accepted.values().filter(|&&n| n > 1).count();
+    let calls = fake.batch_calls();
+    let events = accepted.len();
+    println!(
+        "P2: edge → core (gRPC, separate processes) → SQS answering after {latency_ms} ms, \
+         wrk -t1 -c{connections} -d{seconds}s"
+    );
+    println!(
+        "  {:.0} events/s acknowledged (200), {non200} non-200; p50 {:.2} ms, p99 {:.2} ms",
+        result(&wrk, "rate") * (1.0 - non200 / requests.max(1.0)),
+        result(&wrk, "p50_ms"),
+        result(&wrk, "p99_ms"),
+    );
+    println!(
+        "  on the queue: {events} events, {twice} delivered twice; {calls} SendMessageBatch calls \
+         = {:.4} calls/event",
+        calls as f64 / events.max(1) as f64
+    );
+    let mut failed = false;
+    if non200 > 0.0 {
+        eprintln!("FAIL: {non200} non-200 replies");
+        failed = true;
+    }
+    if twice > 0 {
+        eprintln!("FAIL: {twice} events delivered twice");
+        failed = true;
+    }
+    // Every 200 is on the queue; at most one call per connection was in flight at the end.
+    if events < acked || events > acked + connections as usize {
+        eprintln!("FAIL: {acked} acknowledged but {events} on the queue");
+        failed = true;
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}
