@@ -169,6 +169,55 @@ impl Limits {
     }
 }
 
+/// The core's gRPC services over one pipeline: ingest, health (driven by the readiness loop) and
+/// reflection. Served on a listener by [`serve_services`], and callable in-process through
+/// [`CoreServices::routes`] (the embedded core: the same services, no TCP or HTTP/2 in between).
+#[derive(Debug)]
+pub struct CoreServices {
+    routes: tonic::service::Routes,
+    health: HealthReporter,
+    readiness: tokio::task::JoinHandle<()>,
+}
+
+impl CoreServices {
+    /// The services over `pipeline`, NOT_SERVING until the readiness loop (started here) finds
+    /// every queue usable.
+    pub async fn new(pipeline: Arc<Pipeline>) -> Self {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::NotServing).await;
+        let readiness = tokio::spawn(readiness_loop(pipeline.clone(), health.clone()));
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(carrier_ingest::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("embedded descriptor sets are valid");
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(carrier_ingest::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .expect("embedded descriptor sets are valid");
+        let ingest = IngestServiceServer::new(IngestGrpc::new(pipeline))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let routes = tonic::service::Routes::new(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(ingest)
+            .prepare();
+        Self {
+            routes,
+            health,
+            readiness,
+        }
+    }
+
+    /// The services as one tower service of gRPC requests, for callers in this process: the
+    /// same handlers, health and limits on message size as over the network.
+    pub fn routes(&self) -> tonic::service::Routes {
+        self.routes.clone()
+    }
+}
+
 /// Serves the core on `listener` until `shutdown` completes, then drains in-flight calls for at
 /// most `limits.grace`.
 pub async fn serve(
@@ -177,27 +226,31 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    set_health(&health, ServingStatus::NotServing).await;
-    let readiness = tokio::spawn(readiness_loop(pipeline.clone(), health.clone()));
+    serve_services(
+        listener,
+        CoreServices::new(pipeline).await,
+        limits,
+        shutdown,
+    )
+    .await
+}
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(carrier_ingest::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("embedded descriptor sets are valid");
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(carrier_ingest::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .expect("embedded descriptor sets are valid");
-    let ingest = IngestServiceServer::new(IngestGrpc::new(pipeline))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
-
+/// Serves `services` on `listener` like [`serve`]; on shutdown health turns NOT_SERVING for
+/// callers in this process too.
+pub async fn serve_services(
+    listener: TcpListener,
+    services: CoreServices,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let CoreServices {
+        routes,
+        health,
+        readiness,
+    } = services;
     let draining = Arc::new(Notify::new());
     let signal = {
         let draining = draining.clone();
-        let health = health.clone();
         async move {
             shutdown.await;
             tracing::info!("shutdown: draining in-flight calls");
@@ -213,10 +266,7 @@ pub async fn serve(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(ingest)
+        .add_routes(routes)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
     tokio::select! {
         result = server => result,

@@ -202,6 +202,16 @@ impl Pipeline {
     /// The work runs in its own task, so a caller that gives up (deadline, disconnect) cannot
     /// leave a claim half-settled: the publish completes and its claim is committed or released.
     pub async fn ingest(self: &Arc<Self>, event: Normalized) -> Result<SubmitReply, IngestError> {
+        self.ingest_with(event, true).await
+    }
+
+    /// Like [`Pipeline::ingest`]; with `log_events` false, accepted and duplicate events are
+    /// not logged at `info` (the caller logs them).
+    pub async fn ingest_with(
+        self: &Arc<Self>,
+        event: Normalized,
+        log_events: bool,
+    ) -> Result<SubmitReply, IngestError> {
         let this = self.clone();
         let span = tracing::info_span!(
             "ingest",
@@ -210,7 +220,7 @@ impl Pipeline {
             carrier_message_id = %event.carrier_message_id,
             event_id = %event.event_id,
         );
-        tokio::spawn(async move { this.process(event).await }.instrument(span))
+        tokio::spawn(async move { this.process(event, log_events).await }.instrument(span))
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "ingest task failed");
@@ -218,7 +228,11 @@ impl Pipeline {
             })?
     }
 
-    async fn process(&self, event: Normalized) -> Result<SubmitReply, IngestError> {
+    async fn process(
+        &self,
+        event: Normalized,
+        log_events: bool,
+    ) -> Result<SubmitReply, IngestError> {
         let (carrier, kind) = (event::carrier_name(event.carrier), event.kind);
         let count = |outcome| {
             metrics::CORE
@@ -236,13 +250,17 @@ impl Pipeline {
         let outbound = event.into_outbound();
         match self.publish_once(&event_id, queue, &outbound).await {
             Ok(Outcome::Duplicate) => {
-                tracing::info!(outcome = "duplicate", "event already published");
+                if log_events {
+                    tracing::info!(outcome = "duplicate", "event already published");
+                }
                 count("duplicate");
                 Ok(reply(event_id, Outcome::Duplicate))
             }
             Ok(outcome) => {
                 count("accepted");
-                tracing::info!(outcome = "accepted", status, "event published");
+                if log_events {
+                    tracing::info!(outcome = "accepted", status, "event published");
+                }
                 Ok(reply(event_id, outcome))
             }
             Err(error) => {
@@ -357,15 +375,27 @@ impl IngestGrpc {
         Self { pipeline }
     }
 
-    async fn one(&self, submitted: Submitted, prefix: &str) -> Result<SubmitReply, Status> {
+    async fn one(
+        &self,
+        submitted: Submitted,
+        prefix: &str,
+        log_events: bool,
+    ) -> Result<SubmitReply, Status> {
         let labels = invalid_labels(&submitted);
         let normalized = event::normalize(submitted, prefix).map_err(|v| {
             metrics::CORE.events.get_or_create(&labels).inc();
             IngestError::Invalid(v)
         })?;
-        Ok(self.pipeline.ingest(normalized).await?)
+        Ok(self.pipeline.ingest_with(normalized, log_events).await?)
     }
 }
+
+/// Put in a call's extensions by a caller in the same process that logs each event itself (the
+/// edge's `webhook accepted` line): the core then skips its own line for accepted and duplicate
+/// events, so one webhook costs one log line. Warnings and errors are logged either way. It
+/// cannot arrive over the network (extensions are not sent).
+#[derive(Debug, Clone, Copy)]
+pub struct CallerLogsEvents;
 
 /// Metric labels for a submission that fails validation.
 fn invalid_labels(submitted: &Submitted) -> metrics::EventLabels {
@@ -378,6 +408,11 @@ fn invalid_labels(submitted: &Submitted) -> metrics::EventLabels {
         kind: kind.as_str(),
         outcome: "invalid",
     }
+}
+
+/// Whether the core logs each event of `request` (not when its caller does).
+fn logs_events<T>(request: &Request<T>) -> bool {
+    request.extensions().get::<CallerLogsEvents>().is_none()
 }
 
 fn missing(field: &str) -> Status {
@@ -394,11 +429,12 @@ impl IngestService for IngestGrpc {
         &self,
         request: Request<SubmitInboundRequest>,
     ) -> Result<Response<SubmitReply>, Status> {
+        let log_events = logs_events(&request);
         let message = request
             .into_inner()
             .message
             .ok_or_else(|| missing("message"))?;
-        self.one(Submitted::Inbound(message), "message.")
+        self.one(Submitted::Inbound(message), "message.", log_events)
             .await
             .map(Response::new)
     }
@@ -407,11 +443,12 @@ impl IngestService for IngestGrpc {
         &self,
         request: Request<SubmitStatusRequest>,
     ) -> Result<Response<SubmitReply>, Status> {
+        let log_events = logs_events(&request);
         let status = request
             .into_inner()
             .status
             .ok_or_else(|| missing("status"))?;
-        self.one(Submitted::Status(status), "status.")
+        self.one(Submitted::Status(status), "status.", log_events)
             .await
             .map(Response::new)
     }
@@ -420,6 +457,7 @@ impl IngestService for IngestGrpc {
         &self,
         request: Request<SubmitBatchRequest>,
     ) -> Result<Response<SubmitBatchReply>, Status> {
+        let log_events = logs_events(&request);
         let events = request.into_inner().events;
         if events.is_empty() {
             return Err(missing("events"));
@@ -458,7 +496,12 @@ impl IngestService for IngestGrpc {
         if !violations.is_empty() {
             return Err(IngestError::Invalid(violations).into());
         }
-        let results = join_all(normalized.into_iter().map(|n| self.pipeline.ingest(n))).await;
+        let results = join_all(
+            normalized
+                .into_iter()
+                .map(|n| self.pipeline.ingest_with(n, log_events)),
+        )
+        .await;
         let results = results.into_iter().collect::<Result<Vec<_>, _>>()?;
         Ok(Response::new(SubmitBatchReply { results }))
     }

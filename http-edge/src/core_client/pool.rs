@@ -18,13 +18,11 @@ use std::{
 };
 
 use carrier_ingest::v1::ingest_service_client::IngestServiceClient;
-use tonic::{
-    Request,
-    transport::{Channel, Endpoint},
-};
+use tonic::{Request, transport::Endpoint};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use tower::{ServiceExt, util::BoxCloneSyncService};
 
 /// How long a probe or readiness check waits for a replica's health answer.
 pub(super) const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -32,13 +30,23 @@ pub(super) const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 const PROBE_FIRST: Duration = Duration::from_millis(50);
 const PROBE_MAX: Duration = Duration::from_secs(1);
 
+/// How calls reach a replica: its gRPC channel, or, for the core embedded in this process, the
+/// core's own services called in place (the same handlers and messages, without TCP or HTTP/2).
+pub(super) type Transport = BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    tonic::transport::Error,
+>;
+
 /// One core replica: an address (or URL) and its channel.
 pub(super) struct Replica {
     /// The address or URL, for logs.
     pub(super) name: String,
     /// The ingest service on this replica's channel.
-    pub(super) ingest: IngestServiceClient<Channel>,
-    health: HealthClient<Channel>,
+    pub(super) ingest: IngestServiceClient<Transport>,
+    /// The core embedded in this process: it leaves logging each event to the edge.
+    pub(super) in_process: bool,
+    health: HealthClient<Transport>,
     state: Mutex<State>,
 }
 
@@ -64,11 +72,28 @@ impl std::fmt::Debug for Replica {
 impl Replica {
     /// A replica reached through `endpoint`, connecting on first use and reconnecting as needed.
     pub(super) fn new(name: String, endpoint: &Endpoint) -> Arc<Self> {
-        let channel = endpoint.connect_lazy();
+        Self::over(
+            name,
+            BoxCloneSyncService::new(endpoint.connect_lazy()),
+            false,
+        )
+    }
+
+    /// The core running in this process, reached through its services directly.
+    pub(super) fn in_process(name: String, routes: tonic::service::Routes) -> Arc<Self> {
+        let routes = ServiceExt::<http::Request<tonic::body::Body>>::map_err(
+            routes,
+            |never: std::convert::Infallible| -> tonic::transport::Error { match never {} },
+        );
+        Self::over(name, BoxCloneSyncService::new(routes), true)
+    }
+
+    fn over(name: String, transport: Transport, in_process: bool) -> Arc<Self> {
         Arc::new(Self {
             name,
-            ingest: IngestServiceClient::new(channel.clone()),
-            health: HealthClient::new(channel),
+            ingest: IngestServiceClient::new(transport.clone()),
+            in_process,
+            health: HealthClient::new(transport),
             state: Mutex::new(State::default()),
         })
     }
