@@ -17,11 +17,16 @@ struct Cli {
     runtime: RuntimeConfig,
 }
 
+/// mimalloc: per-thread free lists suit a server that allocates and frees small buffers on
+/// every request from several threads (glibc malloc was ~12 % of a load profile).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli: Cli = config::parse_or_exit();
     config::exit_on_problems(&cli.core.problems());
-    cli.runtime.init_tracing();
+    let _log = cli.runtime.init_tracing();
 
     let pipeline = server::build_pipeline(&cli.core).await?;
     let listener = tokio::net::TcpListener::bind(cli.core.grpc_listen)
