@@ -15,6 +15,7 @@ use crate::{
         ForwardSettings, Publisher, Spool, SqsPublisher, SqsSettings, StoreAndForward,
         outbox::OutboxError,
     },
+    security::{GrpcSecurity, tls},
     service::{IngestGrpc, Pipeline, Routes},
 };
 
@@ -169,12 +170,24 @@ impl Limits {
     }
 }
 
-/// Serves the core on `listener` until `shutdown` completes, then drains in-flight calls for at
-/// most `limits.grace`.
+/// Serves the core on `listener` (plaintext, no credentials) until `shutdown` completes, then
+/// drains in-flight calls for at most `limits.grace`.
 pub async fn serve(
     listener: TcpListener,
     pipeline: Arc<Pipeline>,
     limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    serve_secured(listener, pipeline, limits, GrpcSecurity::none(), shutdown).await
+}
+
+/// Like [`serve`], with the TLS and credentials of `security` (re-read from their files while
+/// it serves).
+pub async fn serve_secured(
+    listener: TcpListener,
+    pipeline: Arc<Pipeline>,
+    limits: Limits,
+    security: GrpcSecurity,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -194,6 +207,7 @@ pub async fn serve(
     let ingest = IngestServiceServer::new(IngestGrpc::new(pipeline))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
+    let reloader = security.spawn_reloader();
     let draining = Arc::new(Notify::new());
     let signal = {
         let draining = draining.clone();
@@ -206,25 +220,39 @@ pub async fn serve(
             draining.notify_one();
         }
     };
-    let server = Server::builder()
+    let router = Server::builder()
         .timeout(limits.request_timeout)
         .concurrency_limit_per_connection(limits.concurrency)
         .load_shed(true)
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(security.layer())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ingest)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
-    tokio::select! {
+        .add_service(ingest);
+    let server = async move {
+        match &security.tls {
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(tls::incoming(listener, tls.clone()), signal)
+                    .await
+            }
+            None => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                router.serve_with_incoming_shutdown(incoming, signal).await
+            }
+        }
+    };
+    let result = tokio::select! {
         result = server => result,
         () = async { draining.notified().await; tokio::time::sleep(limits.grace).await } => {
             tracing::warn!(grace_secs = limits.grace.as_secs(), "shutdown: grace period over, dropping calls still in flight");
             Ok(())
         }
-    }
+    };
+    reloader.abort();
+    result
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
