@@ -8,9 +8,9 @@ use http_edge::{
     abuse::Abuse,
     app::{self, AppState, HttpLimits},
     config::{EdgeCli, Verifiers},
-    core_client::CoreClient,
+    core_client::{CoreClient, CoreCredentials},
 };
-use ingest_core::{config, metrics, server};
+use ingest_core::{config, metrics, security::GrpcSecurity, server};
 use tokio::sync::Notify;
 
 #[tokio::main]
@@ -36,11 +36,35 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
+    // The core's URL: its own listener when embedded (TLS when the embedded core has it).
+    let embedded_scheme = if cli.core.grpc_tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let configured_url = if cli.edge.embedded() {
+        format!("{embedded_scheme}://{}", cli.core.grpc_listen)
+    } else {
+        cli.edge.core_url.clone()
+    };
+    let credentials = CoreCredentials::load(&cli.core_auth, &configured_url)
+        .map_err(|p| problems.extend(p))
+        .ok();
+    let security = if cli.edge.embedded() {
+        GrpcSecurity::load(&cli.core)
+            .map_err(|p| problems.extend(p))
+            .ok()
+    } else {
+        Some(GrpcSecurity::none())
+    };
     config::exit_on_problems(&problems);
-    let (Some(verifiers), Some(abuse)) = (verifiers, abuse) else {
+    let (Some(verifiers), Some(abuse), Some(credentials), Some(security)) =
+        (verifiers, abuse, credentials, security)
+    else {
         unreachable!("problems were reported above")
     };
     cli.runtime.init_tracing();
+    ingest_core::security::tls::install_default_provider();
     verifiers.log(cli.edge.skip_verify());
     tracing::info!(limits = %abuse.describe(), "abuse limits");
 
@@ -56,15 +80,17 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", cli.core.grpc_listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, data_dir = %cli.core.data_dir.display(), "embedded ingest-core listening (gRPC)");
+        security.log(addr);
         let limits = server::Limits::from_config(&cli.core, cli.runtime.grace());
         let stop = stop_core.clone();
-        core_task = Some(tokio::spawn(server::serve(
+        core_task = Some(tokio::spawn(server::serve_secured(
             listener,
             pipeline,
             limits,
+            security,
             async move { stop.notified().await },
         )));
-        format!("http://{addr}")
+        format!("{embedded_scheme}://{addr}")
     } else {
         cli.edge.core_url.clone()
     };
@@ -74,7 +100,8 @@ async fn main() -> anyhow::Result<()> {
     } else {
         std::time::Duration::from_secs(cli.edge.core_dns_refresh_secs)
     };
-    let core = CoreClient::connect_lazy(&core_url, cli.edge.core_timeout(), dns_refresh)
+    tracing::info!(core = %core_url, credentials = %credentials.describe(), "core client");
+    let core = CoreClient::connect(&core_url, cli.edge.core_timeout(), dns_refresh, credentials)
         .with_context(|| format!("invalid --core-url {core_url}"))?;
     let state = AppState::new(core, verifiers).with_abuse(abuse);
     let limits = HttpLimits {

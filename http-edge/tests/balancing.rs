@@ -65,6 +65,7 @@ async fn calls_spread_over_every_resolved_core_and_follow_changes() {
         "http://ingest-core-headless:50051",
         Duration::from_secs(5),
         Duration::from_millis(100),
+        Default::default(),
         resolver,
     )
     .unwrap();

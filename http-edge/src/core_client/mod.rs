@@ -8,7 +8,10 @@
 //! answered UNAVAILABLE / RESOURCE_EXHAUSTED. The budget (a share of recent calls) keeps a full
 //! outage from multiplying the load on the cores.
 
+mod credentials;
 mod pool;
+
+pub use credentials::{CoreAuthConfig, CoreCredentials};
 
 use std::{error::Error as _, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -130,19 +133,37 @@ impl CoreClient {
         timeout: Duration,
         dns_refresh: Duration,
     ) -> Result<Self, tonic::transport::Error> {
-        Self::connect_with_resolver(url, timeout, dns_refresh, |host, port| async move {
-            tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map(Iterator::collect)
-        })
+        Self::connect(url, timeout, dns_refresh, CoreCredentials::default())
     }
 
-    /// Like [`CoreClient::connect_lazy`], resolving host names with `resolve` (tests use it to
+    /// Like [`CoreClient::connect_lazy`], with TLS for `https://` URLs and a bearer token on
+    /// every call (health checks included).
+    pub fn connect(
+        url: &str,
+        timeout: Duration,
+        dns_refresh: Duration,
+        credentials: CoreCredentials,
+    ) -> Result<Self, tonic::transport::Error> {
+        Self::connect_with_resolver(
+            url,
+            timeout,
+            dns_refresh,
+            credentials,
+            |host, port| async move {
+                tokio::net::lookup_host((host.as_str(), port))
+                    .await
+                    .map(Iterator::collect)
+            },
+        )
+    }
+
+    /// Like [`CoreClient::connect`], resolving host names with `resolve` (tests use it to
     /// stand in for a DNS server that returns several pods).
     pub fn connect_with_resolver<R, F>(
         url: &str,
         timeout: Duration,
         dns_refresh: Duration,
+        credentials: CoreCredentials,
         resolve: R,
     ) -> Result<Self, tonic::transport::Error>
     where
@@ -154,29 +175,34 @@ impl CoreClient {
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .collect();
+        let credentials = Arc::new(credentials);
         if urls.is_empty() {
             // The same error an empty URL always gave.
-            endpoint(String::new(), timeout)?;
+            endpoint(String::new(), timeout, &credentials)?;
         }
         let endpoints = urls
             .iter()
-            .map(|u| endpoint((*u).to_owned(), timeout))
+            .map(|u| endpoint((*u).to_owned(), timeout, &credentials))
             .collect::<Result<Vec<_>, _>>()?;
         let pool = if dns_refresh.is_zero() {
             Pool::fixed(
                 urls.iter()
                     .zip(&endpoints)
-                    .map(|(u, e)| Replica::new((*u).to_owned(), e))
+                    .map(|(u, e)| {
+                        Replica::with_token((*u).to_owned(), e, credentials.token.clone())
+                    })
                     .collect(),
             )
         } else {
             let pool = Pool::fixed(Vec::new());
             let targets = endpoints.iter().map(Target::new).collect();
+            let token = credentials.token.clone();
             tokio::spawn(pool::resolve_loop(
                 Arc::downgrade(&pool),
                 targets,
                 dns_refresh,
-                move |url| endpoint(url, timeout),
+                move |url| endpoint(url, timeout, &credentials),
+                token,
                 resolve,
             ));
             pool
@@ -229,6 +255,7 @@ impl CoreClient {
                     record: Some(record),
                 });
                 request.set_timeout(left);
+                replica.authorize(&mut request);
                 let mut client = replica.ingest.clone();
                 Ok(client.quarantine(request).await?.into_inner())
             }
@@ -335,9 +362,10 @@ async fn send(
     call: &Call,
     timeout: Duration,
 ) -> Result<Vec<SubmitReply>, Status> {
-    fn with_deadline<T>(message: T, timeout: Duration) -> Request<T> {
+    fn with_deadline<T>(replica: &Replica, message: T, timeout: Duration) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(timeout);
+        replica.authorize(&mut request);
         request
     }
     let mut client = replica.ingest.clone();
@@ -348,7 +376,7 @@ async fn send(
             };
             vec![
                 client
-                    .submit_inbound(with_deadline(request, timeout))
+                    .submit_inbound(with_deadline(replica, request, timeout))
                     .await?
                     .into_inner(),
             ]
@@ -359,7 +387,7 @@ async fn send(
             };
             vec![
                 client
-                    .submit_status(with_deadline(request, timeout))
+                    .submit_status(with_deadline(replica, request, timeout))
                     .await?
                     .into_inner(),
             ]
@@ -369,7 +397,7 @@ async fn send(
                 events: events.clone(),
             };
             client
-                .submit_batch(with_deadline(request, timeout))
+                .submit_batch(with_deadline(replica, request, timeout))
                 .await?
                 .into_inner()
                 .results
@@ -414,8 +442,18 @@ fn classify(status: &Status) -> Failure {
     }
 }
 
-fn endpoint(url: String, timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url)?
+fn endpoint(
+    url: String,
+    timeout: Duration,
+    credentials: &CoreCredentials,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let mut endpoint = Endpoint::from_shared(url)?;
+    if let Some(tls) = &credentials.tls
+        && endpoint.uri().scheme_str() == Some("https")
+    {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    Ok(endpoint
         // A replica that does not accept within this is tried no longer: the call fails over
         // with most of its deadline left.
         .connect_timeout(Duration::from_secs(1).min(timeout / 2))

@@ -20,6 +20,7 @@ use std::{
 use carrier_ingest::v1::ingest_service_client::IngestServiceClient;
 use tonic::{
     Request,
+    metadata::{Ascii, MetadataValue},
     transport::{Channel, Endpoint},
 };
 use tonic_health::pb::{
@@ -39,6 +40,8 @@ pub(super) struct Replica {
     /// The ingest service on this replica's channel.
     pub(super) ingest: IngestServiceClient<Channel>,
     health: HealthClient<Channel>,
+    /// `Bearer <token>` for every call, health checks included.
+    token: Option<MetadataValue<Ascii>>,
     state: Mutex<State>,
 }
 
@@ -63,14 +66,34 @@ impl std::fmt::Debug for Replica {
 
 impl Replica {
     /// A replica reached through `endpoint`, connecting on first use and reconnecting as needed.
+    #[cfg(test)]
     pub(super) fn new(name: String, endpoint: &Endpoint) -> Arc<Self> {
+        Self::with_token(name, endpoint, None)
+    }
+
+    /// A replica reached through `endpoint` whose calls carry `token` as their `authorization`.
+    pub(super) fn with_token(
+        name: String,
+        endpoint: &Endpoint,
+        token: Option<MetadataValue<Ascii>>,
+    ) -> Arc<Self> {
         let channel = endpoint.connect_lazy();
         Arc::new(Self {
             name,
             ingest: IngestServiceClient::new(channel.clone()),
             health: HealthClient::new(channel),
+            token,
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// Adds this replica's token (if any) to `request`.
+    pub(super) fn authorize<T>(&self, request: &mut Request<T>) {
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -90,6 +113,7 @@ impl Replica {
             service: String::new(),
         });
         request.set_timeout(HEALTH_TIMEOUT);
+        self.authorize(&mut request);
         match tokio::time::timeout(HEALTH_TIMEOUT, health.check(request)).await {
             Ok(Ok(reply)) => reply.into_inner().status == ServingStatus::Serving as i32,
             _ => false,
@@ -230,6 +254,7 @@ pub(super) async fn resolve_loop<R, F>(
     targets: Vec<Target>,
     every: Duration,
     make_endpoint: impl Fn(String) -> Result<Endpoint, tonic::transport::Error>,
+    token: Option<MetadataValue<Ascii>>,
     resolve: R,
 ) where
     R: Fn(String, u16) -> F,
@@ -272,7 +297,10 @@ pub(super) async fn resolve_loop<R, F>(
             }
             match make_endpoint(format!("{}://{addr}", target.scheme)) {
                 Ok(endpoint) => {
-                    current.insert(*addr, Replica::new(addr.to_string(), &endpoint));
+                    current.insert(
+                        *addr,
+                        Replica::with_token(addr.to_string(), &endpoint, token.clone()),
+                    );
                     changed = true;
                 }
                 Err(error) => tracing::warn!(%error, "bad core endpoint"),
