@@ -103,6 +103,11 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(core = %core_url, credentials = %credentials.describe(), "core client");
     let core = CoreClient::connect(&core_url, cli.edge.core_timeout(), dns_refresh, credentials)
         .with_context(|| format!("invalid --core-url {core_url}"))?;
+    let _watch_credentials = core.watch_credentials(
+        cli.core_auth.clone(),
+        core_url.clone(),
+        std::time::Duration::from_secs(cli.core_auth.core_reload_secs),
+    );
     let state = AppState::new(core, verifiers).with_abuse(abuse);
     let limits = HttpLimits {
         body_bytes: cli.edge.body_limit_bytes,

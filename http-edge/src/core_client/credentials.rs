@@ -1,6 +1,6 @@
 //! How the edge (and `ingestctl`) prove who they are to ingest-core: TLS with the CA that
 //! signed the core's certificate, a client certificate for mTLS, and a bearer token sent on
-//! every call. Read once at start-up.
+//! every call. Re-read when their files change (see `CoreClient::watch_credentials`).
 
 use std::path::PathBuf;
 
@@ -33,6 +33,31 @@ pub struct CoreAuthConfig {
     /// The bearer token inline (instead of --core-token-file). Never logged.
     #[arg(long, env = "INGEST_CORE_TOKEN", hide_env_values = true)]
     pub core_token: Option<ingest_core::config::SecretString>,
+    /// How often the edge re-reads the CA, client certificate, key and token files, in
+    /// seconds; changed ones are used for new connections and calls.
+    #[arg(long, env = "INGEST_CORE_RELOAD_SECS", default_value_t = 10)]
+    pub core_reload_secs: u64,
+}
+
+/// A digest of the credential files' contents (unreadable ones count as empty), to notice a
+/// change without keeping their contents.
+pub(super) fn fingerprint(config: &CoreAuthConfig) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for path in [
+        &config.core_tls_ca,
+        &config.core_tls_cert,
+        &config.core_tls_key,
+        &config.core_token_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let contents = std::fs::read(path).unwrap_or_default();
+        hash.update((contents.len() as u64).to_be_bytes());
+        hash.update(&contents);
+    }
+    hash.finalize().into()
 }
 
 /// The loaded credentials: TLS settings for `https://` URLs and the token header value.
@@ -139,6 +164,9 @@ impl CoreCredentials {
             },
             None => None,
         };
+        if config.core_reload_secs == 0 {
+            problems.push("--core-reload-secs must be positive".to_owned());
+        }
         if !problems.is_empty() {
             return Err(problems);
         }

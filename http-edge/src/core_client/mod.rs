@@ -88,6 +88,49 @@ pub struct CoreClient {
     pool: Arc<Pool>,
     budget: Arc<TpsBudget>,
     timeout: Duration,
+    connector: Arc<Connector>,
+}
+
+/// What replicas are built from: the URLs and the credentials in force, which a reload of the
+/// credential files replaces (each replacement bumps `generation`).
+struct Connector {
+    urls: Vec<String>,
+    timeout: Duration,
+    dns: bool,
+    credentials: std::sync::RwLock<Arc<CoreCredentials>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Connector {
+    fn credentials(&self) -> Arc<CoreCredentials> {
+        self.credentials
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A replica for `url` (named `name`) with the credentials in force.
+    fn replica(&self, url: String, name: String) -> Result<Arc<Replica>, tonic::transport::Error> {
+        let credentials = self.credentials();
+        let endpoint = endpoint(url, self.timeout, &credentials)?;
+        Ok(Replica::with_token(
+            name,
+            &endpoint,
+            credentials.token.clone(),
+        ))
+    }
+
+    /// One replica per configured URL.
+    fn fixed(&self) -> Result<Vec<Arc<Replica>>, tonic::transport::Error> {
+        self.urls
+            .iter()
+            .map(|u| self.replica(u.clone(), u.clone()))
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for CoreClient {
@@ -184,25 +227,25 @@ impl CoreClient {
             .iter()
             .map(|u| endpoint((*u).to_owned(), timeout, &credentials))
             .collect::<Result<Vec<_>, _>>()?;
+        let connector = Arc::new(Connector {
+            urls: urls.iter().map(|u| (*u).to_owned()).collect(),
+            timeout,
+            dns: !dns_refresh.is_zero(),
+            credentials: std::sync::RwLock::new(credentials),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        });
         let pool = if dns_refresh.is_zero() {
-            Pool::fixed(
-                urls.iter()
-                    .zip(&endpoints)
-                    .map(|(u, e)| {
-                        Replica::with_token((*u).to_owned(), e, credentials.token.clone())
-                    })
-                    .collect(),
-            )
+            Pool::fixed(connector.fixed()?)
         } else {
             let pool = Pool::fixed(Vec::new());
             let targets = endpoints.iter().map(Target::new).collect();
-            let token = credentials.token.clone();
+            let (make, current) = (connector.clone(), connector.clone());
             tokio::spawn(pool::resolve_loop(
                 Arc::downgrade(&pool),
                 targets,
                 dns_refresh,
-                move |url| endpoint(url, timeout, &credentials),
-                token,
+                move |url, name| make.replica(url, name),
+                move || current.generation(),
                 resolve,
             ));
             pool
@@ -215,6 +258,63 @@ impl CoreClient {
                 BUDGET_RETRY_RATIO,
             )),
             timeout,
+            connector,
+        })
+    }
+
+    /// Uses `credentials` from now on: every replica gets a new channel with them (at once for
+    /// fixed URLs; at the next DNS refresh for resolved ones). Calls in flight finish on the
+    /// old channels.
+    pub fn set_credentials(&self, credentials: CoreCredentials) {
+        *self
+            .connector
+            .credentials
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(credentials);
+        self.connector
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if !self.connector.dns {
+            match self.connector.fixed() {
+                Ok(replicas) => self.pool.replace(replicas),
+                Err(error) => {
+                    tracing::error!(%error, "core credentials: cannot rebuild the channels; keeping the old ones")
+                }
+            }
+        }
+    }
+
+    /// Re-reads the credential files of `config` every `every`; when their contents changed
+    /// and they load, the client uses them for new connections (a client certificate or token
+    /// renewed by cert-manager or a Secret update, without a restart). A change that does not
+    /// load is logged once and the credentials in force stay.
+    pub fn watch_credentials(
+        &self,
+        config: CoreAuthConfig,
+        url: String,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let client = self.clone();
+        tokio::spawn(async move {
+            let mut seen = credentials::fingerprint(&config);
+            loop {
+                tokio::time::sleep(every).await;
+                let now = credentials::fingerprint(&config);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match CoreCredentials::load(&config, &url) {
+                    Ok(new) => {
+                        tracing::info!(credentials = %new.describe(), "core credentials reloaded after their files changed");
+                        client.set_credentials(new);
+                    }
+                    Err(problems) => tracing::error!(
+                        problems = %problems.join("; "),
+                        "core credentials changed but do not load: keeping the ones in force"
+                    ),
+                }
+            }
         })
     }
 

@@ -197,7 +197,8 @@ impl Pool {
             .clone()
     }
 
-    fn replace(&self, replicas: Vec<Arc<Replica>>) {
+    /// Replaces every replica (new channels, new rotation state).
+    pub(super) fn replace(&self, replicas: Vec<Arc<Replica>>) {
         *self.replicas.write().unwrap_or_else(|p| p.into_inner()) = replicas.into();
     }
 
@@ -253,8 +254,8 @@ pub(super) async fn resolve_loop<R, F>(
     pool: std::sync::Weak<Pool>,
     targets: Vec<Target>,
     every: Duration,
-    make_endpoint: impl Fn(String) -> Result<Endpoint, tonic::transport::Error>,
-    token: Option<MetadataValue<Ascii>>,
+    make_replica: impl Fn(String, String) -> Result<Arc<Replica>, tonic::transport::Error>,
+    generation: impl Fn() -> u64,
     resolve: R,
 ) where
     R: Fn(String, u16) -> F,
@@ -262,6 +263,7 @@ pub(super) async fn resolve_loop<R, F>(
 {
     let mut last: Vec<HashSet<SocketAddr>> = vec![HashSet::new(); targets.len()];
     let mut current: HashMap<SocketAddr, Arc<Replica>> = HashMap::new();
+    let mut built_with = generation();
     loop {
         for (target, known) in targets.iter().zip(last.iter_mut()) {
             match resolve(target.host.clone(), target.port).await {
@@ -283,24 +285,25 @@ pub(super) async fn resolve_loop<R, F>(
             .flat_map(|(t, addrs)| addrs.iter().map(move |a| (*a, t)))
             .collect();
         let before = current.len();
+        // New credentials: every replica gets a new channel.
+        let now = generation();
+        let fresh = now != built_with;
+        built_with = now;
         current.retain(|addr, replica| {
-            let keep = wanted.contains_key(addr);
+            let keep = !fresh && wanted.contains_key(addr);
             if !keep {
                 replica.remove();
             }
             keep
         });
-        let mut changed = current.len() != before;
+        let mut changed = fresh || current.len() != before;
         for (addr, target) in &wanted {
             if current.contains_key(addr) {
                 continue;
             }
-            match make_endpoint(format!("{}://{addr}", target.scheme)) {
-                Ok(endpoint) => {
-                    current.insert(
-                        *addr,
-                        Replica::with_token(addr.to_string(), &endpoint, token.clone()),
-                    );
+            match make_replica(format!("{}://{addr}", target.scheme), addr.to_string()) {
+                Ok(replica) => {
+                    current.insert(*addr, replica);
                     changed = true;
                 }
                 Err(error) => tracing::warn!(%error, "bad core endpoint"),

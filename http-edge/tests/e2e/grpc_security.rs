@@ -466,6 +466,77 @@ async fn new_connections_get_the_new_certificate_after_reload() {
     assert_eq!(reply.status(), 200, "{}", edge.log());
 }
 
+#[tokio::test]
+async fn the_edge_picks_up_a_new_token_and_ca_from_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (Ca::new("old CA"), Ca::new("new CA"));
+    let (cert, key) = write_leaf(dir.path(), "server", &old.server());
+    let tokens = write(dir.path(), "tokens", &format!("edge:{OLD_TOKEN}\n"));
+    let edge_ca = write(dir.path(), "edge-ca.pem", &old.pem);
+    let edge_token = write(dir.path(), "edge-token", OLD_TOKEN);
+    let edge = Edge::start(
+        &[
+            "--insecure-skip-verify",
+            "--grpc-tls-cert",
+            s(&cert),
+            "--grpc-tls-key",
+            s(&key),
+            "--grpc-tokens-file",
+            s(&tokens),
+            "--grpc-reload-secs",
+            "1",
+            "--core-tls-ca",
+            s(&edge_ca),
+            "--core-tls-server-name",
+            SERVER_NAME,
+            "--core-token-file",
+            s(&edge_token),
+            "--core-reload-secs",
+            "1",
+        ],
+        &[],
+    )
+    .await;
+    let delivered = || async {
+        edge.post_json("/bandwidth/1", BANDWIDTH_INBOUND)
+            .await
+            .status()
+            == 200
+    };
+    assert!(delivered().await, "{}", edge.log());
+
+    // Token rotation on both sides: the core accepts only the new token, the edge's file has it.
+    write(dir.path(), "edge-token", NEW_TOKEN);
+    write(dir.path(), "tokens", &format!("edge:{NEW_TOKEN}\n"));
+    assert!(
+        eventually(Duration::from_secs(10), delivered).await,
+        "the edge never sent its new token:\n{}",
+        edge.log()
+    );
+
+    // The edge now trusts only the new CA: its new connections refuse the old certificate...
+    write(dir.path(), "edge-ca.pem", &new.pem);
+    assert!(
+        eventually(Duration::from_secs(10), || async { !delivered().await }).await,
+        "the edge never took up its new CA:\n{}",
+        edge.log()
+    );
+    // ...until the core serves one from the new CA.
+    let fresh = new.server();
+    write(dir.path(), "server.key", &fresh.key);
+    write(dir.path(), "server.pem", &fresh.cert);
+    assert!(
+        eventually(Duration::from_secs(10), delivered).await,
+        "{}",
+        edge.log()
+    );
+    assert!(
+        edge.log().contains("core credentials reloaded"),
+        "{}",
+        edge.log()
+    );
+}
+
 /// Runs `binary args` and returns its exit code and stderr, if it exits within 20 s.
 fn run_to_exit(mut cmd: Command) -> (i32, String) {
     let out = cmd
