@@ -320,6 +320,64 @@ async fn failures_and_submitters_are_counted() {
     );
 }
 
+#[tokio::test]
+async fn with_mtls_alone_the_certificate_names_the_submitter() {
+    let admin = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem);
+    let (cert, key) = write_leaf(dir.path(), "server", &ca.server());
+    let (edge_cert, edge_key) = write_leaf(dir.path(), "edge", &ca.client("http-edge"));
+    let edge = Edge::start(
+        &[
+            "--insecure-skip-verify",
+            "--grpc-tls-cert",
+            s(&cert),
+            "--grpc-tls-key",
+            s(&key),
+            "--grpc-tls-client-ca",
+            s(&ca_file),
+            "--core-tls-ca",
+            s(&ca_file),
+            "--core-tls-server-name",
+            SERVER_NAME,
+            "--core-tls-cert",
+            s(&edge_cert),
+            "--core-tls-key",
+            s(&edge_key),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ],
+        &[],
+    )
+    .await;
+    let reply = edge.post_json("/bandwidth/1", BANDWIDTH_INBOUND).await;
+    assert_eq!(reply.status(), 200, "{}", edge.log());
+    // No token needed without tokens configured; the certificate's DNS name is the submitter.
+    let batch = ca.client("batch-loader.internal");
+    submit(
+        tls_channel(edge.grpc, &ca.pem, Some(&batch)),
+        None,
+        "SMmtls",
+    )
+    .await
+    .unwrap();
+    let text = metrics_of(admin).await;
+    for name in ["http-edge", "batch-loader.internal"] {
+        assert!(
+            text.contains(&format!(
+                r#"ingest_grpc_authenticated_calls_total{{submitter="{name}"}} 1"#
+            )),
+            "{name}: {text}"
+        );
+    }
+    assert!(
+        edge.log().contains("submitter=batch-loader.internal"),
+        "{}",
+        edge.log()
+    );
+}
+
 /// Polls `what` until it holds or `within` passes.
 async fn eventually<F, Fut>(within: Duration, mut what: F) -> bool
 where
