@@ -278,6 +278,45 @@ impl GrpcSecurity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submitter(pub String);
 
+/// Most log lines a second about refused connections and calls: anyone who reaches the port can
+/// cause them, so a flood must not fill the disk. The counters still count every one.
+const REFUSAL_LINES_PER_SEC: u32 = 10;
+
+/// A budget of log lines per second; the next line written says how many were left out.
+#[derive(Debug)]
+pub(crate) struct LogBudget {
+    state: Mutex<(std::time::Instant, u32, u64)>,
+}
+
+impl LogBudget {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new((std::time::Instant::now(), 0, 0)),
+        }
+    }
+
+    /// `Some(lines left out since the last one written)` when a line may be written now.
+    pub(crate) fn permit(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (started, written, suppressed) = &mut *state;
+        if started.elapsed() >= Duration::from_secs(1) {
+            *started = std::time::Instant::now();
+            *written = 0;
+        }
+        if *written < REFUSAL_LINES_PER_SEC {
+            *written += 1;
+            Some(std::mem::take(suppressed))
+        } else {
+            *suppressed += 1;
+            None
+        }
+    }
+}
+
+/// The log budget of refused gRPC connections and calls.
+pub(crate) static REFUSAL_LOG: std::sync::LazyLock<LogBudget> =
+    std::sync::LazyLock::new(LogBudget::new);
+
 /// Counts a refused connection or call by reason.
 pub(crate) fn count_failure(reason: &'static str) {
     metrics::CORE
@@ -388,7 +427,9 @@ where
             }
             Err(reason) => {
                 count_failure(reason);
-                tracing::warn!(reason, method = %request.uri().path(), "gRPC call refused: no valid credentials");
+                if let Some(suppressed) = REFUSAL_LOG.permit() {
+                    tracing::warn!(reason, method = %request.uri().path(), suppressed, "gRPC call refused: no valid credentials");
+                }
                 let status = tonic::Status::unauthenticated("missing or invalid credentials");
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
@@ -426,5 +467,21 @@ mod tests {
         std::fs::write(&path, "3").unwrap();
         assert!(watched.refresh());
         assert_eq!(*watched.current(), 3);
+    }
+
+    #[test]
+    fn refusal_lines_are_bounded_per_second_and_report_what_was_left_out() {
+        let budget = LogBudget::new();
+        for _ in 0..REFUSAL_LINES_PER_SEC {
+            assert_eq!(budget.permit(), Some(0));
+        }
+        assert_eq!(budget.permit(), None);
+        assert_eq!(budget.permit(), None);
+        budget.state.lock().unwrap().0 -= Duration::from_secs(1);
+        assert_eq!(
+            budget.permit(),
+            Some(2),
+            "the next line counts the two left out"
+        );
     }
 }

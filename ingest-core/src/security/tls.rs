@@ -17,7 +17,7 @@ use rustls::{
 use tokio::{net::TcpListener, net::TcpStream, sync::mpsc};
 use tokio_rustls::server::TlsStream;
 
-use super::{Watched, count_failure};
+use super::{REFUSAL_LOG, Watched, count_failure};
 
 /// Longest a client may take to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -165,11 +165,15 @@ async fn handshake(
         Ok(Err(error)) => {
             // The peer's fault (wrong CA, expired or missing client certificate, plaintext):
             // no detail beyond rustls' own message, which never holds key material.
-            tracing::warn!(%peer, %error, "gRPC TLS handshake failed");
+            if let Some(suppressed) = REFUSAL_LOG.permit() {
+                tracing::warn!(%peer, %error, suppressed, "gRPC TLS handshake failed");
+            }
             None
         }
         Err(_) => {
-            tracing::warn!(%peer, "gRPC TLS handshake timed out");
+            if let Some(suppressed) = REFUSAL_LOG.permit() {
+                tracing::warn!(%peer, suppressed, "gRPC TLS handshake timed out");
+            }
             None
         }
     }
