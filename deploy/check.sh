@@ -68,19 +68,24 @@ for dir in deploy/k8s/overlays/*/; do
   # kubernetes-validate has schemas for Kubernetes' own kinds only: the PrometheusRule (a CRD of
   # the Prometheus Operator) is split off here and must equal deploy/monitoring/rules.yml, which
   # promtool checks (deploy/monitoring/check.sh). Any other unknown kind still fails below.
-  "$PYTHON" - "$WORK/$name.all.yaml" "$out" <<'EOF' || fail "overlay $name: PrometheusRule"
+  # cert-manager's Issuer and Certificates (CRDs too) are split off the same way for
+  # kubernetes-validate; check_manifests.py gets them and checks them against the workloads.
+  "$PYTHON" - "$WORK/$name.all.yaml" "$out" "$WORK/$name.checked.yaml" <<'EOF' || fail "overlay $name: PrometheusRule"
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 rules = yaml.safe_load(open("deploy/monitoring/rules.yml"))
-kept = []
+kept, cert_manager = [], []
 for d in docs:
     if d.get("kind") == "PrometheusRule" and d.get("apiVersion") == "monitoring.coreos.com/v1":
         if d.get("spec") != rules:
             sys.exit(f"PrometheusRule {d['metadata']['name']}: spec differs from deploy/monitoring/rules.yml")
         print(f"overlay: PrometheusRule {d['metadata']['name']} equals deploy/monitoring/rules.yml")
+    elif d.get("apiVersion") == "cert-manager.io/v1" and d.get("kind") in ("Certificate", "Issuer"):
+        cert_manager.append(d)
     else:
         kept.append(d)
 yaml.safe_dump_all(kept, open(sys.argv[2], "w"), sort_keys=False)
+yaml.safe_dump_all(kept + cert_manager, open(sys.argv[3], "w"), sort_keys=False)
 EOF
   for version in "${K8S_VERSIONS[@]}"; do
     if ! "$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" "$out" \
@@ -92,7 +97,7 @@ EOF
   done
   echo "overlay $name: renders, $(grep -c '^kind:' "$out") objects," \
     "valid for Kubernetes ${K8S_VERSIONS[*]}"
-  overlays+=("$out")
+  overlays+=("$WORK/$name.checked.yaml")
   checked+=("$name")
 done
 ((${#overlays[@]} > 0)) || fail "no overlays under deploy/k8s/overlays"

@@ -13,15 +13,23 @@ or `-` for standard input. What is checked, per target:
   variables set in the manifests bind that port on all interfaces;
 - probes: the edge's HTTP probes are /livez and /readyz on its port (and the binary contains
   those routes); the core's readiness is a native gRPC probe on its port (and the binary serves
-  grpc.health.v1);
+  grpc.health.v1), or with TLS GET /readyz on the admin port;
 - the edge's INGEST_CORE_URL names a headless Service that selects the core pods on its port;
-- *_FILE variables point at keys of a mounted Secret;
+- *_FILE variables and the gRPC TLS file settings point at keys of a mounted Secret (one in the
+  manifests, or one a cert-manager Certificate issues);
+- internal gRPC security: a core listening off loopback has credentials (client CA or tokens)
+  or, only where there is no Ingress, INGEST_GRPC_INSECURE; with a public Ingress it has TLS and
+  credentials; the edge's settings match (https:// URL and a CA with TLS, a client certificate
+  with mTLS, a token with tokens); the core's Certificate is for server auth and names the name
+  the edge checks; the edge's is for client auth and from the same issuer; with TLS the core's
+  readiness is GET /readyz on its admin port (the kubelet's gRPC probe cannot do TLS);
 - preStop sleep + INGEST_SHUTDOWN_GRACE_SECS < terminationGracePeriodSeconds;
 - the strict securityContext on every container.
 
 With --live it also starts both binaries on free loopback ports and asks them what the probes
-ask: GET /livez and /readyz on the edge (with its core embedded), grpc.health.v1.Health/Check on
-the core. Exits 1 if any check fails, 2 on usage errors.
+ask: GET /livez and /readyz on the edge (with its core embedded), grpc.health.v1.Health/Check and
+the admin port's GET /readyz on the core; and that the core refuses to start on 0.0.0.0 without
+gRPC credentials (exit 64). Exits 1 if any check fails, 2 on usage errors.
 """
 
 from __future__ import annotations
@@ -58,7 +66,20 @@ ALLOWED_API_VERSIONS = {
     "coordination.k8s.io/v1",
     "discovery.k8s.io/v1",
     "admissionregistration.k8s.io/v1",
+    # cert-manager's Issuer and Certificate (the internal gRPC certificates).
+    "cert-manager.io/v1",
 }
+# Settings that name a file, besides the *_FILE ones: they must be keys of a mounted Secret.
+PATH_SETTINGS = {
+    "INGEST_GRPC_TLS_CERT",
+    "INGEST_GRPC_TLS_KEY",
+    "INGEST_GRPC_TLS_CLIENT_CA",
+    "INGEST_CORE_TLS_CA",
+    "INGEST_CORE_TLS_CERT",
+    "INGEST_CORE_TLS_KEY",
+}
+# The keys of a Secret that cert-manager issues for a Certificate.
+CERT_MANAGER_KEYS = {"tls.crt", "tls.key", "ca.crt"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
 # Variables read by libraries rather than clap.
 LIBRARY_ENV = re.compile(r"^(RUST_LOG|RUST_BACKTRACE|AWS_[A-Z0-9_]+)$")
@@ -353,6 +374,24 @@ def check_container(
             report.check(
                 path.encode() in binary.blob, where, f"{binary.path} has no route {path}"
             )
+    elif env.get("INGEST_GRPC_TLS_CERT") is not None:
+        get = ready.get("httpGet")
+        admin = env.get("INGEST_ADMIN_LISTEN")
+        if report.check(
+            get is not None,
+            where,
+            "with TLS on the gRPC port the readiness probe must be httpGet /readyz on the admin "
+            "port (the kubelet's grpc probe cannot do TLS)",
+        ):
+            report.check(
+                get.get("path") == "/readyz", where, f"readiness path is {get.get('path')}, not /readyz"
+            )
+            report.check(
+                admin is not None and resolve_port(container, get.get("port")) == port_of(admin),
+                where,
+                f"readiness probe port {get.get('port')} is not the admin port ({admin})",
+            )
+        report.check(b"/readyz" in binary.blob, where, f"{binary.path} has no route /readyz")
     else:
         grpc = ready.get("grpc")
         if report.check(grpc is not None, where, "readiness probe must be a native grpc probe"):
@@ -368,6 +407,7 @@ def check_container(
                     where,
                     f"grpc probe service {service!r} not found in {binary.path}",
                 )
+    if role is CORE:
         report.check(
             b"grpc.health.v1" in binary.blob, where, f"{binary.path} does not serve grpc.health.v1"
         )
@@ -390,7 +430,7 @@ def check_container(
     mounts = {m["mountPath"].rstrip("/"): m["name"] for m in container.get("volumeMounts") or []}
     volumes = {v["name"]: v for v in spec.get("volumes") or []}
     for name, value in env.items():
-        if not name.endswith("_FILE") or value is None:
+        if not (name.endswith("_FILE") or name in PATH_SETTINGS) or value is None:
             continue
         directory, key = os.path.dirname(value), os.path.basename(value)
         volume = volumes.get(mounts.get(directory, ""))
@@ -402,11 +442,23 @@ def check_container(
             continue
         secret = objs.get(("Secret", volume["secret"].get("secretName", "")))
         items = [i["path"] for i in volume["secret"].get("items") or []]
+        issued = certificate_for(docs, volume["secret"].get("secretName", ""))
         if items:
             report.check(key in items, where, f"{name}={value}: {key} is not projected")
         elif secret is not None:
             keys = set(secret.get("data") or {}) | set(secret.get("stringData") or {})
             report.check(key in keys, where, f"{name}={value}: Secret has no key {key}")
+        elif report.check(
+            issued is not None,
+            where,
+            f"{name}={value}: Secret {volume['secret'].get('secretName')} is neither in the "
+            "manifests nor issued by a cert-manager Certificate",
+        ):
+            report.check(
+                key in CERT_MANAGER_KEYS,
+                where,
+                f"{name}={value}: a cert-manager Secret has only {sorted(CERT_MANAGER_KEYS)}",
+            )
 
     # Shutdown: the pause and the drain both fit in the grace period.
     sleep = (((container.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get(
@@ -438,6 +490,143 @@ def check_container(
     report.check(not sc.get("privileged"), where, "privileged")
     seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
     report.check(seccomp == "RuntimeDefault", where, f"seccompProfile is {seccomp}")
+
+
+def certificate_for(docs: list[dict], secret_name: str) -> dict | None:
+    """The cert-manager Certificate that issues the Secret `secret_name`, if any."""
+    for d in docs:
+        if (
+            d.get("kind") == "Certificate"
+            and d.get("apiVersion") == "cert-manager.io/v1"
+            and (d.get("spec") or {}).get("secretName") == secret_name
+        ):
+            return d
+    return None
+
+
+def secret_behind(container: dict, spec: dict, path: str | None) -> str | None:
+    """The name of the Secret mounted where `path` lives, if any."""
+    if path is None:
+        return None
+    mounts = {m["mountPath"].rstrip("/"): m["name"] for m in container.get("volumeMounts") or []}
+    volumes = {v["name"]: v for v in spec.get("volumes") or []}
+    volume = volumes.get(mounts.get(os.path.dirname(path), "")) or {}
+    return (volume.get("secret") or {}).get("secretName")
+
+
+def truthy(value: str | None) -> bool:
+    return (value or "false").strip().lower() in ("true", "1", "yes", "on")
+
+
+def find_container(docs: list[dict], role: Role) -> tuple[dict, dict] | None:
+    for d in docs:
+        spec = pod_spec(d)
+        for c in (spec or {}).get("containers") or []:
+            if c.get("name") == role.name:
+                return c, spec
+    return None
+
+
+def check_grpc_security(name: str, docs: list[dict], objs: dict, report: Report) -> None:
+    """The core's gRPC credentials, and the edge's settings that must match them."""
+    core, edge = find_container(docs, CORE), find_container(docs, EDGE)
+    if core is None or edge is None:
+        return
+    where = f"{name}: internal gRPC"
+    scratch = Report()  # env problems are reported by check_container already
+    _, core_env = effective_env(core[0], objs, where, scratch)
+    _, edge_env = effective_env(edge[0], objs, where, scratch)
+    listen = core_env.get("INGEST_GRPC_LISTEN") or ""
+    tls = core_env.get("INGEST_GRPC_TLS_CERT") is not None
+    mtls = core_env.get("INGEST_GRPC_TLS_CLIENT_CA") is not None
+    tokens = any(
+        core_env.get(k) is not None for k in ("INGEST_GRPC_TOKENS_FILE", "INGEST_GRPC_TOKENS")
+    )
+    insecure = truthy(core_env.get("INGEST_GRPC_INSECURE"))
+    public = any(d.get("kind") == "Ingress" for d in docs)
+    loopback = host_of(listen) in ("127.0.0.1", "::1", "localhost")
+    report.check(
+        loopback or mtls or tokens or insecure,
+        where,
+        f"INGEST_GRPC_LISTEN={listen} without INGEST_GRPC_TLS_CLIENT_CA or INGEST_GRPC_TOKENS_FILE: "
+        "the core refuses to start (set INGEST_GRPC_INSECURE=true only for development)",
+    )
+    report.check(
+        not (insecure and public),
+        where,
+        "INGEST_GRPC_INSECURE=true in an overlay with a public Ingress",
+    )
+    report.check(
+        not public or (tls and (mtls or tokens)),
+        where,
+        "an overlay with a public Ingress must run the core's gRPC with TLS and credentials",
+    )
+    if truthy(edge_env.get("INGEST_EMBEDDED_CORE")):
+        return
+    url = edge_env.get("INGEST_CORE_URL") or ""
+    https = url.startswith("https://")
+    report.check(
+        https == tls,
+        where,
+        f"INGEST_CORE_URL={url} must be {'https' if tls else 'http'}:// "
+        f"(the core's gRPC has TLS {'on' if tls else 'off'})",
+    )
+    if tls:
+        report.check(
+            edge_env.get("INGEST_CORE_TLS_CA") is not None,
+            where,
+            "the edge needs INGEST_CORE_TLS_CA to trust the core's certificate",
+        )
+    if mtls:
+        report.check(
+            edge_env.get("INGEST_CORE_TLS_CERT") is not None
+            and edge_env.get("INGEST_CORE_TLS_KEY") is not None,
+            where,
+            "the core requires client certificates: the edge needs INGEST_CORE_TLS_CERT and "
+            "INGEST_CORE_TLS_KEY",
+        )
+    if tokens:
+        report.check(
+            edge_env.get("INGEST_CORE_TOKEN_FILE") is not None
+            or edge_env.get("INGEST_CORE_TOKEN") is not None,
+            where,
+            "the core requires tokens: the edge needs INGEST_CORE_TOKEN_FILE",
+        )
+    # cert-manager: the names and usages each side relies on.
+    server = certificate_for(
+        docs, secret_behind(*core, core_env.get("INGEST_GRPC_TLS_CERT")) or ""
+    )
+    if server is not None:
+        sspec = server.get("spec") or {}
+        report.check(
+            "server auth" in (sspec.get("usages") or ["server auth"]),
+            where,
+            f"Certificate {server['metadata']['name']} must allow server auth",
+        )
+        expected = edge_env.get("INGEST_CORE_TLS_SERVER_NAME") or urlsplit(url).hostname
+        report.check(
+            expected in (sspec.get("dnsNames") or []),
+            where,
+            f"Certificate {server['metadata']['name']} does not name {expected!r}, the name the "
+            "edge checks (INGEST_CORE_TLS_SERVER_NAME or the host of INGEST_CORE_URL)",
+        )
+    client = certificate_for(
+        docs, secret_behind(*edge, edge_env.get("INGEST_CORE_TLS_CERT")) or ""
+    )
+    if client is not None:
+        cspec = client.get("spec") or {}
+        report.check(
+            "client auth" in (cspec.get("usages") or []),
+            where,
+            f"Certificate {client['metadata']['name']} must have the usage `client auth`",
+        )
+        if server is not None and mtls:
+            report.check(
+                cspec.get("issuerRef") == (server.get("spec") or {}).get("issuerRef"),
+                where,
+                "the edge's and the core's Certificates must come from the same issuer (the core "
+                "trusts client certificates that chain to its own Secret's ca.crt)",
+            )
 
 
 def check_core_url(url: str, docs: list[dict], objs: dict, report: Report, where: str) -> None:
@@ -509,6 +698,7 @@ def check_target(
             seen.add(role.name)
             check_container(c, spec, binaries[role.name], role, objs, docs, report, where)
     report.check(seen == set(ROLES), name, f"expected both workloads, found {sorted(seen)}")
+    check_grpc_security(name, docs, objs, report)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,9 +804,10 @@ def check_live(edge: Binary, core: Binary, report: Report) -> None:
     tmp = tempfile.mkdtemp(prefix="check-manifests-")
     procs: list[subprocess.Popen] = []
     try:
-        core_port = free_port()
+        core_port, core_admin = free_port(), free_port()
         env = clean_env() | {
             "INGEST_GRPC_LISTEN": f"127.0.0.1:{core_port}",
+            "INGEST_ADMIN_LISTEN": f"127.0.0.1:{core_admin}",
             "INGEST_DATA_DIR": os.path.join(tmp, "core"),
         }
         log = open(os.path.join(tmp, "core.log"), "w")
@@ -624,6 +815,28 @@ def check_live(edge: Binary, core: Binary, report: Report) -> None:
         ok = wait_for(lambda: grpc_health_check(core_port) == 1)
         report.check(ok, "live ingest-core", "grpc.health.v1 Check never answered SERVING"
                      + tail(os.path.join(tmp, "core.log")))
+        for path in ("/livez", "/readyz"):
+            ok = wait_for(lambda: http_status(f"http://127.0.0.1:{core_admin}{path}") == 200)
+            report.check(ok, "live ingest-core", f"admin GET {path} never answered 200"
+                         + tail(os.path.join(tmp, "core.log")))
+
+        # Fail closed: on all interfaces without gRPC credentials the core must not start.
+        env = clean_env() | {
+            "INGEST_GRPC_LISTEN": f"0.0.0.0:{free_port()}",
+            "INGEST_DATA_DIR": os.path.join(tmp, "open"),
+        }
+        try:
+            refused = subprocess.run(
+                [core.path], env=env, capture_output=True, text=True, timeout=30
+            )
+            report.check(
+                refused.returncode == 64 and "--grpc-insecure" in refused.stderr,
+                "live ingest-core",
+                f"on 0.0.0.0 without credentials it must exit 64, got {refused.returncode}: "
+                f"{refused.stderr[-300:]}",
+            )
+        except subprocess.TimeoutExpired:
+            report.check(False, "live ingest-core", "started on 0.0.0.0 without credentials")
 
         edge_port, embedded_port = free_port(), free_port()
         env = clean_env() | {

@@ -24,6 +24,9 @@ pub struct EdgeCli {
     /// Carrier credentials.
     #[command(flatten)]
     pub secrets: SecretsConfig,
+    /// TLS and token for the calls to the core.
+    #[command(flatten)]
+    pub core_auth: crate::core_client::CoreAuthConfig,
     /// Per-client rate limits and source allowlists.
     #[command(flatten)]
     pub abuse: AbuseConfig,

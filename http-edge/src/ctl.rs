@@ -105,6 +105,9 @@ pub enum QuarantineCommand {
         /// Deadline of each core call, in milliseconds.
         #[arg(long, default_value_t = 5_000)]
         core_timeout_ms: u64,
+        /// TLS and token for the calls to the core (as the edge's).
+        #[command(flatten)]
+        core_auth: Box<crate::core_client::CoreAuthConfig>,
     },
 }
 
@@ -622,15 +625,20 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<i32, CtlError> {
             dry_run,
             core_url,
             core_timeout_ms,
+            core_auth,
         }) => {
             let core = if *dry_run {
                 None
             } else {
+                let credentials = crate::core_client::CoreCredentials::load(core_auth, core_url)
+                    .map_err(|problems| CtlError::Core(problems.join("; ")))?;
+                ingest_core::security::tls::install_default_provider();
                 Some(
-                    CoreClient::connect_lazy(
+                    CoreClient::connect(
                         core_url,
                         Duration::from_millis(*core_timeout_ms),
                         Duration::ZERO,
+                        credentials,
                     )
                     .map_err(|e| CtlError::Core(e.to_string()))?,
                 )

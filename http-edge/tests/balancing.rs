@@ -65,6 +65,7 @@ async fn calls_spread_over_every_resolved_core_and_follow_changes() {
         "http://ingest-core-headless:50051",
         Duration::from_secs(5),
         Duration::from_millis(100),
+        Default::default(),
         resolver,
     )
     .unwrap();
@@ -91,4 +92,56 @@ async fn calls_spread_over_every_resolved_core_and_follow_changes() {
         "no call reaches a removed endpoint"
     );
     assert_eq!(lines(a_dir.path()), on_a + 30);
+}
+
+fn with_token(token: &str) -> http_edge::core_client::CoreCredentials {
+    let config = http_edge::core_client::CoreAuthConfig {
+        core_token: Some(token.parse().unwrap()),
+        core_reload_secs: 1,
+        ..Default::default()
+    };
+    http_edge::core_client::CoreCredentials::load(&config, "http://x:1").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolved_replicas_get_new_credentials_at_the_next_refresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = CoreCli::parse_from([
+        "core",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--grpc-tokens",
+        "edge:new-token-0123456789abcdef",
+    ]);
+    let security = ingest_core::security::GrpcSecurity::load(&cli.core).unwrap();
+    let pipeline = server::build_pipeline(&cli.core).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = server::Limits::from_config(&cli.core, Duration::from_secs(1));
+    tokio::spawn(server::serve_secured(
+        listener,
+        server::CoreServices::new(pipeline).await,
+        limits,
+        security,
+        std::future::pending(),
+    ));
+    let client = CoreClient::connect_with_resolver(
+        "http://ingest-core-headless:50051",
+        Duration::from_secs(2),
+        Duration::from_millis(100),
+        with_token("old-token-0123456789abcdef"),
+        move |_: String, _: u16| async move { Ok(vec![addr]) },
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        client.submit(vec![event(1000)]).await.is_err(),
+        "old token refused"
+    );
+    assert_eq!(lines(dir.path()), 0);
+
+    client.set_credentials(with_token("new-token-0123456789abcdef"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    client.submit(vec![event(1001)]).await.unwrap();
+    assert_eq!(lines(dir.path()), 1);
 }

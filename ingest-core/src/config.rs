@@ -71,6 +71,32 @@ impl fmt::Debug for RedisUrl {
     }
 }
 
+/// A secret given on the command line or in the environment (inline tokens). `Debug` shows
+/// only that it is set; parsing never fails, so clap never echoes it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// The value; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for SecretString {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 /// Settings of the core service. The edge embeds the same flags to run the core in-process.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoreConfig {
@@ -168,6 +194,35 @@ pub struct CoreConfig {
     /// Most gRPC calls in flight per connection; more are shed with UNAVAILABLE.
     #[arg(long, env = "INGEST_GRPC_CONCURRENCY_LIMIT", default_value_t = 4096)]
     pub grpc_concurrency_limit: usize,
+    /// PEM certificate chain of the gRPC server: turns on TLS (needs --grpc-tls-key). Re-read
+    /// every --grpc-reload-secs; new connections get the new certificate.
+    #[arg(long, env = "INGEST_GRPC_TLS_CERT")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// PEM private key of --grpc-tls-cert.
+    #[arg(long, env = "INGEST_GRPC_TLS_KEY")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// PEM bundle of the CA(s) client certificates must chain to: mTLS, every connection needs
+    /// a valid client certificate (needs --grpc-tls-cert). Without tokens, the certificate's
+    /// first DNS name is the submitter's name.
+    #[arg(long, env = "INGEST_GRPC_TLS_CLIENT_CA")]
+    pub grpc_tls_client_ca: Option<PathBuf>,
+    /// File of accepted bearer tokens, one `name:token` per line (`#` comments; the same name
+    /// may appear twice while rotating). Every call except grpc.health.v1 then needs
+    /// `authorization: Bearer <token>`; the name is the submitter in logs and metrics. Re-read
+    /// every --grpc-reload-secs.
+    #[arg(long, env = "INGEST_GRPC_TOKENS_FILE")]
+    pub grpc_tokens_file: Option<PathBuf>,
+    /// Accepted bearer tokens inline, comma-separated `name:token` pairs (added to
+    /// --grpc-tokens-file). Never logged.
+    #[arg(long, env = "INGEST_GRPC_TOKENS", hide_env_values = true)]
+    pub grpc_tokens: Option<SecretString>,
+    /// How often the TLS files and the tokens file are checked for changes, in seconds.
+    #[arg(long, env = "INGEST_GRPC_RELOAD_SECS", default_value_t = 10)]
+    pub grpc_reload_secs: u64,
+    /// DEVELOPMENT ONLY: allow the gRPC listener on a non-loopback address without client
+    /// certificates or tokens: anyone who reaches it can submit events. Logged loudly.
+    #[arg(long, env = "INGEST_GRPC_INSECURE")]
+    pub grpc_insecure: bool,
 }
 
 impl CoreConfig {
@@ -195,6 +250,7 @@ impl CoreConfig {
         if self.grpc_concurrency_limit == 0 {
             problems.push("--grpc-concurrency-limit must be positive".to_owned());
         }
+        self.grpc_security_problems(&mut problems);
         for (carrier, kind, queue) in self.queue_overrides() {
             if queue.trim().is_empty() {
                 problems.push(format!(
@@ -225,6 +281,42 @@ impl CoreConfig {
             }
         }
         problems
+    }
+
+    /// Whether calls to the gRPC listener need credentials (client certificates or tokens).
+    pub fn grpc_authenticates(&self) -> bool {
+        self.grpc_tls_client_ca.is_some()
+            || self.grpc_tokens_file.is_some()
+            || self.grpc_tokens.is_some()
+    }
+
+    fn grpc_security_problems(&self, problems: &mut Vec<String>) {
+        match (&self.grpc_tls_cert, &self.grpc_tls_key) {
+            (Some(_), None) => problems
+                .push("--grpc-tls-cert needs --grpc-tls-key (INGEST_GRPC_TLS_KEY)".to_owned()),
+            (None, Some(_)) => problems
+                .push("--grpc-tls-key needs --grpc-tls-cert (INGEST_GRPC_TLS_CERT)".to_owned()),
+            _ => {}
+        }
+        if self.grpc_tls_client_ca.is_some() && self.grpc_tls_cert.is_none() {
+            problems.push(
+                "--grpc-tls-client-ca (mTLS) needs --grpc-tls-cert and --grpc-tls-key".to_owned(),
+            );
+        }
+        if self.grpc_reload_secs == 0 {
+            problems.push("--grpc-reload-secs must be positive".to_owned());
+        }
+        // Fail closed: off loopback, someone must prove who they are.
+        if !self.grpc_listen.ip().is_loopback() && !self.grpc_authenticates() && !self.grpc_insecure
+        {
+            problems.push(format!(
+                "--grpc-listen {} is not a loopback address, and calls would need no credential: \
+                 set --grpc-tls-client-ca (mTLS) or --grpc-tokens-file / --grpc-tokens \
+                 (INGEST_GRPC_TOKENS_FILE / INGEST_GRPC_TOKENS), or, for development only, \
+                 --grpc-insecure (INGEST_GRPC_INSECURE)",
+                self.grpc_listen
+            ));
+        }
     }
 
     fn sqs_problems(&self, problems: &mut Vec<String>) {
@@ -568,6 +660,53 @@ mod tests {
         assert_eq!(url.to_string(), "redis://cache.internal:6379");
         assert!(!format!("{url:?}").contains("s3cret"));
         assert!(url.expose().contains("s3cret"));
+    }
+
+    #[test]
+    fn a_listener_off_loopback_needs_credentials_or_the_insecure_flag() {
+        let open = parse(&["--grpc-listen=0.0.0.0:50051"]).problems();
+        assert_eq!(open.len(), 1, "{open:?}");
+        assert!(open[0].contains("--grpc-insecure"), "{open:?}");
+        for ok in [
+            &["--grpc-listen=0.0.0.0:50051", "--grpc-insecure"][..],
+            &["--grpc-listen=0.0.0.0:50051", "--grpc-tokens-file=/t"],
+            &[
+                "--grpc-listen=[::]:50051",
+                "--grpc-tokens=edge:xxxxxxxxxxxxxxxxxxxx",
+            ],
+            &[
+                "--grpc-listen=10.1.2.3:50051",
+                "--grpc-tls-cert=/c",
+                "--grpc-tls-key=/k",
+                "--grpc-tls-client-ca=/ca",
+            ],
+            &["--grpc-listen=127.0.0.2:50051"],
+            &["--grpc-listen=[::1]:50051"],
+        ] {
+            assert!(parse(ok).problems().is_empty(), "{ok:?}");
+        }
+        // TLS alone authenticates nobody.
+        let tls_only = parse(&[
+            "--grpc-listen=0.0.0.0:50051",
+            "--grpc-tls-cert=/c",
+            "--grpc-tls-key=/k",
+        ]);
+        assert_eq!(tls_only.problems().len(), 1);
+    }
+
+    #[test]
+    fn tls_flags_come_in_pairs_and_inline_tokens_never_print() {
+        let p = parse(&["--grpc-tls-cert=/c", "--grpc-tls-client-ca=/ca"]).problems();
+        assert_eq!(
+            p,
+            ["--grpc-tls-cert needs --grpc-tls-key (INGEST_GRPC_TLS_KEY)"]
+        );
+        let p = parse(&["--grpc-tls-client-ca=/ca"]).problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("mTLS) needs --grpc-tls-cert"), "{p:?}");
+        assert!(parse(&["--grpc-tls-key=/k"]).problems()[0].contains("needs --grpc-tls-cert"));
+        let c = parse(&["--grpc-tokens=edge:supersecretsupersecret"]);
+        assert!(!format!("{c:?}").contains("supersecret"));
     }
 
     #[test]

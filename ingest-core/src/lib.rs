@@ -9,5 +9,6 @@ pub mod metrics;
 pub mod normalize;
 pub mod publish;
 pub mod quarantine;
+pub mod security;
 pub mod server;
 pub mod service;

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use ingest_core::{
     config::{self, CoreConfig, RuntimeConfig},
-    metrics, server,
+    metrics, security, server,
 };
 
 /// carrier-ingest core: validates, normalizes, dedupes and publishes carrier events (gRPC).
@@ -26,18 +26,31 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let cli: Cli = config::parse_or_exit();
     config::exit_on_problems(&cli.core.problems());
+    let security = security::GrpcSecurity::load(&cli.core).unwrap_or_else(|problems| {
+        config::exit_on_problems(&problems);
+        unreachable!("problems were reported above")
+    });
     let _log = cli.runtime.init_tracing();
+    security::tls::install_default_provider();
 
     let pipeline = server::build_pipeline(&cli.core).await?;
     let listener = tokio::net::TcpListener::bind(cli.core.grpc_listen)
         .await
         .with_context(|| format!("binding {}", cli.core.grpc_listen))?;
     tracing::info!(addr = %listener.local_addr()?, "ingest-core listening (gRPC)");
-    let stop_admin = metrics::start_admin(cli.runtime.admin_listen)
+    security.log(listener.local_addr()?);
+    let stop_admin = metrics::start_core_admin(cli.runtime.admin_listen)
         .await
         .context("binding --admin-listen")?;
     let limits = server::Limits::from_config(&cli.core, cli.runtime.grace());
-    server::serve(listener, pipeline, limits, server::shutdown_signal()).await?;
+    server::serve_secured(
+        listener,
+        server::CoreServices::new(pipeline).await,
+        limits,
+        security,
+        server::shutdown_signal(),
+    )
+    .await?;
     stop_admin.notify_one();
     tracing::info!("ingest-core stopped");
     Ok(())

@@ -85,6 +85,21 @@ pub struct QuarantineLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a refused gRPC connection or call.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthFailureLabels {
+    /// `missing_token`, `invalid_token` or `tls_handshake`.
+    pub reason: &'static str,
+}
+
+/// Labels naming an authenticated gRPC submitter (a configured token name or a client
+/// certificate's DNS name: a bounded set).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubmitterLabels {
+    /// The submitter's name.
+    pub submitter: String,
+}
+
 /// A carrier name as a static label (`other` for anything unknown).
 pub fn static_carrier(name: &str) -> &'static str {
     ["bandwidth", "twilio", "messagebird", "inteliquent"]
@@ -130,6 +145,10 @@ pub struct CoreMetrics {
     pub outbox_full: Family<QueueLabels, Counter>,
     /// Calls newly kept in the quarantine, by carrier and reason.
     pub quarantined: Family<QuarantineLabels, Counter>,
+    /// gRPC connections and calls refused for lack of valid credentials, by reason.
+    pub grpc_auth_failures: Family<AuthFailureLabels, Counter>,
+    /// Authenticated gRPC calls, by submitter.
+    pub grpc_authenticated: Family<SubmitterLabels, Counter>,
 }
 
 /// The core's metrics, registered on first use.
@@ -148,6 +167,8 @@ pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
         outbox_relay_failures: Family::default(),
         outbox_full: Family::default(),
         quarantined: Family::default(),
+        grpc_auth_failures: Family::default(),
+        grpc_authenticated: Family::default(),
     };
     register(
         "ingest_events",
@@ -210,6 +231,16 @@ pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
         m.quarantined.clone(),
     );
     register(
+        "ingest_grpc_auth_failures",
+        "gRPC connections (failed TLS handshakes) and calls (missing or invalid token) refused, by reason",
+        m.grpc_auth_failures.clone(),
+    );
+    register(
+        "ingest_grpc_authenticated_calls",
+        "gRPC calls that presented valid credentials, by submitter",
+        m.grpc_authenticated.clone(),
+    );
+    register(
         "ingest_outbox_full",
         "Events refused because the outbox reached --outbox-max-bytes",
         m.outbox_full.clone(),
@@ -222,12 +253,30 @@ pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
 pub async fn start_admin(
     addr: Option<std::net::SocketAddr>,
 ) -> std::io::Result<std::sync::Arc<tokio::sync::Notify>> {
+    start(addr, false).await
+}
+
+/// Like [`start_admin`], also serving the core's probes: `GET /livez` (200 while the process
+/// serves) and `GET /readyz` (200 while the core can take events, as gRPC health reports).
+/// With TLS on the gRPC port the kubelet's native gRPC probe cannot connect; these can.
+pub async fn start_core_admin(
+    addr: Option<std::net::SocketAddr>,
+) -> std::io::Result<std::sync::Arc<tokio::sync::Notify>> {
+    start(addr, true).await
+}
+
+async fn start(
+    addr: Option<std::net::SocketAddr>,
+    probes: bool,
+) -> std::io::Result<std::sync::Arc<tokio::sync::Notify>> {
     let stop = std::sync::Arc::new(tokio::sync::Notify::new());
     if let Some(addr) = addr {
         let listener = TcpListener::bind(addr).await?;
-        tracing::info!(addr = %listener.local_addr()?, "admin listener (GET /metrics)");
+        tracing::info!(addr = %listener.local_addr()?, probes, "admin listener (GET /metrics)");
         let stop = stop.clone();
-        tokio::spawn(serve_admin(listener, async move { stop.notified().await }));
+        tokio::spawn(serve_admin_with(listener, probes, async move {
+            stop.notified().await
+        }));
     }
     Ok(stop)
 }
@@ -237,7 +286,28 @@ pub async fn serve_admin(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = Router::new()
+    serve_admin_with(listener, false, shutdown).await
+}
+
+async fn serve_admin_with(
+    listener: TcpListener,
+    probes: bool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut router = Router::new();
+    if probes {
+        router = router.route("/livez", get(|| async { "ok" })).route(
+            "/readyz",
+            get(|| async {
+                if CORE.ready.get() == 1 {
+                    (axum::http::StatusCode::OK, "ready")
+                } else {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }),
+        );
+    }
+    let router = router
         .route(
             "/metrics",
             get(|| async {

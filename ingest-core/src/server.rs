@@ -15,6 +15,7 @@ use crate::{
         ForwardSettings, Publisher, Spool, SqsPublisher, SqsSettings, StoreAndForward,
         outbox::OutboxError,
     },
+    security::{GrpcSecurity, tls},
     service::{IngestGrpc, Pipeline, Routes},
 };
 
@@ -170,7 +171,7 @@ impl Limits {
 }
 
 /// The core's gRPC services over one pipeline: ingest, health (driven by the readiness loop) and
-/// reflection. Served on a listener by [`serve_services`], and callable in-process through
+/// reflection. Served on a listener by [`serve_secured`], and callable in-process through
 /// [`CoreServices::routes`] (the embedded core: the same services, no TCP or HTTP/2 in between).
 #[derive(Debug)]
 pub struct CoreServices {
@@ -218,29 +219,26 @@ impl CoreServices {
     }
 }
 
-/// Serves the core on `listener` until `shutdown` completes, then drains in-flight calls for at
-/// most `limits.grace`.
+/// Serves the core on `listener` (plaintext, no credentials) until `shutdown` completes, then
+/// drains in-flight calls for at most `limits.grace`.
 pub async fn serve(
     listener: TcpListener,
     pipeline: Arc<Pipeline>,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    serve_services(
-        listener,
-        CoreServices::new(pipeline).await,
-        limits,
-        shutdown,
-    )
-    .await
+    let services = CoreServices::new(pipeline).await;
+    serve_secured(listener, services, limits, GrpcSecurity::none(), shutdown).await
 }
 
-/// Serves `services` on `listener` like [`serve`]; on shutdown health turns NOT_SERVING for
-/// callers in this process too.
-pub async fn serve_services(
+/// Serves `services` like [`serve`], with the TLS and credentials of `security` (re-read from
+/// their files while it serves); on shutdown health turns NOT_SERVING for callers in this
+/// process too.
+pub async fn serve_secured(
     listener: TcpListener,
     services: CoreServices,
     limits: Limits,
+    security: GrpcSecurity,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let CoreServices {
@@ -248,9 +246,11 @@ pub async fn serve_services(
         health,
         readiness,
     } = services;
+    let reloader = security.spawn_reloader();
     let draining = Arc::new(Notify::new());
     let signal = {
         let draining = draining.clone();
+        let health = health.clone();
         async move {
             shutdown.await;
             tracing::info!("shutdown: draining in-flight calls");
@@ -259,22 +259,36 @@ pub async fn serve_services(
             draining.notify_one();
         }
     };
-    let server = Server::builder()
+    let router = Server::builder()
         .timeout(limits.request_timeout)
         .concurrency_limit_per_connection(limits.concurrency)
         .load_shed(true)
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
-    tokio::select! {
+        .layer(security.layer())
+        .add_routes(routes);
+    let server = async move {
+        match &security.tls {
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(tls::incoming(listener, tls.clone()), signal)
+                    .await
+            }
+            None => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                router.serve_with_incoming_shutdown(incoming, signal).await
+            }
+        }
+    };
+    let result = tokio::select! {
         result = server => result,
         () = async { draining.notified().await; tokio::time::sleep(limits.grace).await } => {
             tracing::warn!(grace_secs = limits.grace.as_secs(), "shutdown: grace period over, dropping calls still in flight");
             Ok(())
         }
-    }
+    };
+    reloader.abort();
+    result
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

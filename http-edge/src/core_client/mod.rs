@@ -8,7 +8,10 @@
 //! answered UNAVAILABLE / RESOURCE_EXHAUSTED. The budget (a share of recent calls) keeps a full
 //! outage from multiplying the load on the cores.
 
+mod credentials;
 mod pool;
+
+pub use credentials::{CoreAuthConfig, CoreCredentials};
 
 use std::{error::Error as _, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -85,6 +88,49 @@ pub struct CoreClient {
     pool: Arc<Pool>,
     budget: Arc<TpsBudget>,
     timeout: Duration,
+    connector: Arc<Connector>,
+}
+
+/// What replicas are built from: the URLs and the credentials in force, which a reload of the
+/// credential files replaces (each replacement bumps `generation`).
+struct Connector {
+    urls: Vec<String>,
+    timeout: Duration,
+    dns: bool,
+    credentials: std::sync::RwLock<Arc<CoreCredentials>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Connector {
+    fn credentials(&self) -> Arc<CoreCredentials> {
+        self.credentials
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A replica for `url` (named `name`) with the credentials in force.
+    fn replica(&self, url: String, name: String) -> Result<Arc<Replica>, tonic::transport::Error> {
+        let credentials = self.credentials();
+        let endpoint = endpoint(url, self.timeout, &credentials)?;
+        Ok(Replica::with_token(
+            name,
+            &endpoint,
+            credentials.token.clone(),
+        ))
+    }
+
+    /// One replica per configured URL.
+    fn fixed(&self) -> Result<Vec<Arc<Replica>>, tonic::transport::Error> {
+        self.urls
+            .iter()
+            .map(|u| self.replica(u.clone(), u.clone()))
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for CoreClient {
@@ -130,29 +176,60 @@ impl CoreClient {
         timeout: Duration,
         dns_refresh: Duration,
     ) -> Result<Self, tonic::transport::Error> {
-        Self::connect_with_resolver(url, timeout, dns_refresh, |host, port| async move {
-            tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map(Iterator::collect)
-        })
+        Self::connect(url, timeout, dns_refresh, CoreCredentials::default())
     }
 
     /// A client of the core embedded in this process, calling its gRPC services in place:
     /// the same handlers, messages, deadlines and status codes as over the network, without the
-    /// loopback TCP connection and HTTP/2 framing.
+    /// loopback TCP connection and HTTP/2 framing (and without credentials: nothing leaves the
+    /// process).
     pub fn in_process(routes: tonic::service::Routes, timeout: Duration) -> Self {
-        Self::over(
-            Pool::fixed(vec![Replica::in_process("in-process".to_owned(), routes)]),
+        Self {
+            pool: Pool::fixed(vec![Replica::in_process("in-process".to_owned(), routes)]),
+            budget: Arc::new(TpsBudget::new(
+                BUDGET_TTL,
+                BUDGET_MIN_PER_SEC,
+                BUDGET_RETRY_RATIO,
+            )),
             timeout,
+            connector: Arc::new(Connector {
+                urls: Vec::new(),
+                timeout,
+                dns: false,
+                credentials: std::sync::RwLock::new(Arc::new(CoreCredentials::default())),
+                generation: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Like [`CoreClient::connect_lazy`], with TLS for `https://` URLs and a bearer token on
+    /// every call (health checks included).
+    pub fn connect(
+        url: &str,
+        timeout: Duration,
+        dns_refresh: Duration,
+        credentials: CoreCredentials,
+    ) -> Result<Self, tonic::transport::Error> {
+        Self::connect_with_resolver(
+            url,
+            timeout,
+            dns_refresh,
+            credentials,
+            |host, port| async move {
+                tokio::net::lookup_host((host.as_str(), port))
+                    .await
+                    .map(Iterator::collect)
+            },
         )
     }
 
-    /// Like [`CoreClient::connect_lazy`], resolving host names with `resolve` (tests use it to
+    /// Like [`CoreClient::connect`], resolving host names with `resolve` (tests use it to
     /// stand in for a DNS server that returns several pods).
     pub fn connect_with_resolver<R, F>(
         url: &str,
         timeout: Duration,
         dns_refresh: Duration,
+        credentials: CoreCredentials,
         resolve: R,
     ) -> Result<Self, tonic::transport::Error>
     where
@@ -164,38 +241,39 @@ impl CoreClient {
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .collect();
+        let credentials = Arc::new(credentials);
         if urls.is_empty() {
             // The same error an empty URL always gave.
-            endpoint(String::new(), timeout)?;
+            endpoint(String::new(), timeout, &credentials)?;
         }
         let endpoints = urls
             .iter()
-            .map(|u| endpoint((*u).to_owned(), timeout))
+            .map(|u| endpoint((*u).to_owned(), timeout, &credentials))
             .collect::<Result<Vec<_>, _>>()?;
+        let connector = Arc::new(Connector {
+            urls: urls.iter().map(|u| (*u).to_owned()).collect(),
+            timeout,
+            dns: !dns_refresh.is_zero(),
+            credentials: std::sync::RwLock::new(credentials),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        });
         let pool = if dns_refresh.is_zero() {
-            Pool::fixed(
-                urls.iter()
-                    .zip(&endpoints)
-                    .map(|(u, e)| Replica::new((*u).to_owned(), e))
-                    .collect(),
-            )
+            Pool::fixed(connector.fixed()?)
         } else {
             let pool = Pool::fixed(Vec::new());
             let targets = endpoints.iter().map(Target::new).collect();
+            let (make, current) = (connector.clone(), connector.clone());
             tokio::spawn(pool::resolve_loop(
                 Arc::downgrade(&pool),
                 targets,
                 dns_refresh,
-                move |url| endpoint(url, timeout),
+                move |url, name| make.replica(url, name),
+                move || current.generation(),
                 resolve,
             ));
             pool
         };
-        Ok(Self::over(pool, timeout))
-    }
-
-    fn over(pool: Arc<Pool>, timeout: Duration) -> Self {
-        Self {
+        Ok(Self {
             pool,
             budget: Arc::new(TpsBudget::new(
                 BUDGET_TTL,
@@ -203,7 +281,65 @@ impl CoreClient {
                 BUDGET_RETRY_RATIO,
             )),
             timeout,
+            connector,
+        })
+    }
+
+    /// Uses `credentials` from now on: every replica gets a new channel with them (at once for
+    /// fixed URLs; at the next DNS refresh for resolved ones). Calls in flight finish on the
+    /// old channels.
+    pub fn set_credentials(&self, credentials: CoreCredentials) {
+        *self
+            .connector
+            .credentials
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(credentials);
+        self.connector
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        // An in-process client has no URLs (and no credentials to change).
+        if !self.connector.dns && !self.connector.urls.is_empty() {
+            match self.connector.fixed() {
+                Ok(replicas) => self.pool.replace(replicas),
+                Err(error) => {
+                    tracing::error!(%error, "core credentials: cannot rebuild the channels; keeping the old ones")
+                }
+            }
         }
+    }
+
+    /// Re-reads the credential files of `config` every `every`; when their contents changed
+    /// and they load, the client uses them for new connections (a client certificate or token
+    /// renewed by cert-manager or a Secret update, without a restart). A change that does not
+    /// load is logged once and the credentials in force stay.
+    pub fn watch_credentials(
+        &self,
+        config: CoreAuthConfig,
+        url: String,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let client = self.clone();
+        tokio::spawn(async move {
+            let mut seen = credentials::fingerprint(&config);
+            loop {
+                tokio::time::sleep(every).await;
+                let now = credentials::fingerprint(&config);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match CoreCredentials::load(&config, &url) {
+                    Ok(new) => {
+                        tracing::info!(credentials = %new.describe(), "core credentials reloaded after their files changed");
+                        client.set_credentials(new);
+                    }
+                    Err(problems) => tracing::error!(
+                        problems = %problems.join("; "),
+                        "core credentials changed but do not load: keeping the ones in force"
+                    ),
+                }
+            }
+        })
     }
 
     /// Submits the events of one webhook call (a single event as itself, several as one batch)
@@ -243,6 +379,7 @@ impl CoreClient {
                     record: Some(record),
                 });
                 request.set_timeout(left);
+                replica.authorize(&mut request);
                 let mut client = replica.ingest.clone();
                 Ok(client.quarantine(request).await?.into_inner())
             }
@@ -344,10 +481,11 @@ impl CoreClient {
 }
 
 /// The request of one call with a gRPC deadline of `timeout`.
-fn call_request<T>(message: T, timeout: Duration, in_process: bool) -> Request<T> {
+fn call_request<T>(message: T, timeout: Duration, replica: &Replica) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(timeout);
-    if in_process {
+    replica.authorize(&mut request);
+    if replica.in_process {
         // The edge's `webhook accepted` line covers these events: one line per webhook.
         request
             .extensions_mut()
@@ -370,7 +508,7 @@ async fn send(
             };
             vec![
                 client
-                    .submit_inbound(call_request(request, timeout, replica.in_process))
+                    .submit_inbound(call_request(request, timeout, replica))
                     .await?
                     .into_inner(),
             ]
@@ -381,7 +519,7 @@ async fn send(
             };
             vec![
                 client
-                    .submit_status(call_request(request, timeout, replica.in_process))
+                    .submit_status(call_request(request, timeout, replica))
                     .await?
                     .into_inner(),
             ]
@@ -391,7 +529,7 @@ async fn send(
                 events: events.clone(),
             };
             client
-                .submit_batch(call_request(request, timeout, replica.in_process))
+                .submit_batch(call_request(request, timeout, replica))
                 .await?
                 .into_inner()
                 .results
@@ -436,8 +574,18 @@ fn classify(status: &Status) -> Failure {
     }
 }
 
-fn endpoint(url: String, timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(url)?
+fn endpoint(
+    url: String,
+    timeout: Duration,
+    credentials: &CoreCredentials,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let mut endpoint = Endpoint::from_shared(url)?;
+    if let Some(tls) = &credentials.tls
+        && endpoint.uri().scheme_str() == Some("https")
+    {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    Ok(endpoint
         // A replica that does not accept within this is tried no longer: the call fails over
         // with most of its deadline left.
         .connect_timeout(Duration::from_secs(1).min(timeout / 2))

@@ -18,7 +18,11 @@ use std::{
 };
 
 use carrier_ingest::v1::ingest_service_client::IngestServiceClient;
-use tonic::{Request, transport::Endpoint};
+use tonic::{
+    Request,
+    metadata::{Ascii, MetadataValue},
+    transport::Endpoint,
+};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -47,6 +51,8 @@ pub(super) struct Replica {
     /// The core embedded in this process: it leaves logging each event to the edge.
     pub(super) in_process: bool,
     health: HealthClient<Transport>,
+    /// `Bearer <token>` for every call, health checks included.
+    token: Option<MetadataValue<Ascii>>,
     state: Mutex<State>,
 }
 
@@ -71,31 +77,54 @@ impl std::fmt::Debug for Replica {
 
 impl Replica {
     /// A replica reached through `endpoint`, connecting on first use and reconnecting as needed.
+    #[cfg(test)]
     pub(super) fn new(name: String, endpoint: &Endpoint) -> Arc<Self> {
-        Self::over(
-            name,
-            BoxCloneSyncService::new(endpoint.connect_lazy()),
-            false,
-        )
+        Self::with_token(name, endpoint, None)
     }
 
-    /// The core running in this process, reached through its services directly.
+    /// A replica reached through `endpoint` whose calls carry `token` as their `authorization`.
+    pub(super) fn with_token(
+        name: String,
+        endpoint: &Endpoint,
+        token: Option<MetadataValue<Ascii>>,
+    ) -> Arc<Self> {
+        let channel = BoxCloneSyncService::new(endpoint.connect_lazy());
+        Self::over(name, channel, false, token)
+    }
+
+    /// The core running in this process, reached through its services directly (no
+    /// credentials: nothing leaves the process).
     pub(super) fn in_process(name: String, routes: tonic::service::Routes) -> Arc<Self> {
         let routes = ServiceExt::<http::Request<tonic::body::Body>>::map_err(
             routes,
             |never: std::convert::Infallible| -> tonic::transport::Error { match never {} },
         );
-        Self::over(name, BoxCloneSyncService::new(routes), true)
+        Self::over(name, BoxCloneSyncService::new(routes), true, None)
     }
 
-    fn over(name: String, transport: Transport, in_process: bool) -> Arc<Self> {
+    fn over(
+        name: String,
+        transport: Transport,
+        in_process: bool,
+        token: Option<MetadataValue<Ascii>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             name,
             ingest: IngestServiceClient::new(transport.clone()),
             in_process,
             health: HealthClient::new(transport),
+            token,
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// Adds this replica's token (if any) to `request`.
+    pub(super) fn authorize<T>(&self, request: &mut Request<T>) {
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -115,6 +144,7 @@ impl Replica {
             service: String::new(),
         });
         request.set_timeout(HEALTH_TIMEOUT);
+        self.authorize(&mut request);
         match tokio::time::timeout(HEALTH_TIMEOUT, health.check(request)).await {
             Ok(Ok(reply)) => reply.into_inner().status == ServingStatus::Serving as i32,
             _ => false,
@@ -198,7 +228,8 @@ impl Pool {
             .clone()
     }
 
-    fn replace(&self, replicas: Vec<Arc<Replica>>) {
+    /// Replaces every replica (new channels, new rotation state).
+    pub(super) fn replace(&self, replicas: Vec<Arc<Replica>>) {
         *self.replicas.write().unwrap_or_else(|p| p.into_inner()) = replicas.into();
     }
 
@@ -254,7 +285,8 @@ pub(super) async fn resolve_loop<R, F>(
     pool: std::sync::Weak<Pool>,
     targets: Vec<Target>,
     every: Duration,
-    make_endpoint: impl Fn(String) -> Result<Endpoint, tonic::transport::Error>,
+    make_replica: impl Fn(String, String) -> Result<Arc<Replica>, tonic::transport::Error>,
+    generation: impl Fn() -> u64,
     resolve: R,
 ) where
     R: Fn(String, u16) -> F,
@@ -262,6 +294,7 @@ pub(super) async fn resolve_loop<R, F>(
 {
     let mut last: Vec<HashSet<SocketAddr>> = vec![HashSet::new(); targets.len()];
     let mut current: HashMap<SocketAddr, Arc<Replica>> = HashMap::new();
+    let mut built_with = generation();
     loop {
         for (target, known) in targets.iter().zip(last.iter_mut()) {
             match resolve(target.host.clone(), target.port).await {
@@ -283,21 +316,25 @@ pub(super) async fn resolve_loop<R, F>(
             .flat_map(|(t, addrs)| addrs.iter().map(move |a| (*a, t)))
             .collect();
         let before = current.len();
+        // New credentials: every replica gets a new channel.
+        let now = generation();
+        let fresh = now != built_with;
+        built_with = now;
         current.retain(|addr, replica| {
-            let keep = wanted.contains_key(addr);
+            let keep = !fresh && wanted.contains_key(addr);
             if !keep {
                 replica.remove();
             }
             keep
         });
-        let mut changed = current.len() != before;
+        let mut changed = fresh || current.len() != before;
         for (addr, target) in &wanted {
             if current.contains_key(addr) {
                 continue;
             }
-            match make_endpoint(format!("{}://{addr}", target.scheme)) {
-                Ok(endpoint) => {
-                    current.insert(*addr, Replica::new(addr.to_string(), &endpoint));
+            match make_replica(format!("{}://{addr}", target.scheme), addr.to_string()) {
+                Ok(replica) => {
+                    current.insert(*addr, replica);
                     changed = true;
                 }
                 Err(error) => tracing::warn!(%error, "bad core endpoint"),

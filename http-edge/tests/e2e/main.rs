@@ -10,10 +10,12 @@ mod failover;
 #[path = "../../../ingest-core/tests/backends/fake_sqs.rs"]
 #[allow(dead_code)]
 mod fake_sqs;
+mod grpc_security;
 mod grpcurl;
 mod harness;
 mod lifecycle;
 mod outage;
+mod pki;
 mod production;
 mod quarantine;
 mod replay;

@@ -245,3 +245,68 @@ async fn sqs_quarantine_records_carry_attributes_and_replay_from_the_queue() {
     assert_eq!(code, 0);
     assert!(out.contains("1 record(s)"), "still one record: {out}");
 }
+
+/// `ingestctl quarantine replay` against a core that requires TLS, a client certificate and a
+/// token: without them it cannot reach the core (exit 2, the record kept); with them the record
+/// is replayed.
+#[tokio::test]
+async fn replay_reaches_a_core_that_requires_tls_mtls_and_a_token() {
+    let t = crate::grpc_security::secured().await;
+    let spool = t.edge.data.path().join("spool");
+    let data = spool.to_str().unwrap();
+    let fixed = r#"[{"type":"message-rerouted","time":"2024-01-15T10:30:05.000Z","to":"+15551234567","message":{"id":"bw-replay-tls","from":"+15559876543","to":["+15551234567"],"direction":"out"}}]"#;
+    let record = old_record("old-tls", "/bandwidth/15551234567", fixed);
+    std::fs::write(t.edge.spool_path("quarantine"), format!("{record}\n")).unwrap();
+    let path = |name: &str| t.dir.path().join(name).to_str().unwrap().to_owned();
+    let (ca, cert, key, token) = (
+        path("ca.pem"),
+        path("edge.pem"),
+        path("edge.key"),
+        path("edge-token"),
+    );
+    let url = format!("https://{}", t.edge.grpc);
+
+    // Plaintext: the core speaks TLS only.
+    let plain = format!("http://{}", t.edge.grpc);
+    let (code, out, err) = ctl(
+        &[
+            "quarantine",
+            "replay",
+            "--data-dir",
+            data,
+            "--core-url",
+            &plain,
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    // TLS and the certificate, but no token.
+    let tls = [
+        "--core-tls-ca",
+        ca.as_str(),
+        "--core-tls-server-name",
+        crate::pki::SERVER_NAME,
+        "--core-tls-cert",
+        cert.as_str(),
+        "--core-tls-key",
+        key.as_str(),
+    ];
+    let mut args = vec![
+        "quarantine",
+        "replay",
+        "--data-dir",
+        data,
+        "--core-url",
+        &url,
+    ];
+    args.extend_from_slice(&tls);
+    let (code, out, err) = ctl(&args, &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(t.edge.spooled("status").is_empty());
+
+    args.extend_from_slice(&["--core-token-file", &token]);
+    let (code, out, err) = ctl(&args, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 replayed"), "{out}");
+    assert_eq!(t.edge.spooled("status").len(), 1);
+}
