@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 async fn main() -> anyhow::Result<()> {
     let cli: EdgeCli = config::parse_or_exit();
     let mut problems = cli.core.problems();
+    problems.extend(cli.runtime.problems());
     let verifiers = match Verifiers::from_config(&cli.edge, &cli.secrets) {
         Ok(v) => Some(v),
         Err(p) => {
@@ -40,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
     let (Some(verifiers), Some(abuse)) = (verifiers, abuse) else {
         unreachable!("problems were reported above")
     };
-    cli.runtime.init_tracing();
+    let telemetry = cli.runtime.init_tracing("http-edge");
     verifiers.log(cli.edge.skip_verify());
     tracing::info!(limits = %abuse.describe(), "abuse limits");
 
@@ -104,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         task.await??;
     }
     stop_admin.notify_one();
+    telemetry.shutdown().await;
     tracing::info!("http-edge stopped");
     Ok(())
 }

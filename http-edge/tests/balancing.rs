@@ -70,7 +70,7 @@ async fn calls_spread_over_every_resolved_core_and_follow_changes() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..60 {
-        client.submit(vec![event(i)]).await.unwrap();
+        client.submit(vec![event(i)], None).await.unwrap();
     }
     let (on_a, on_b) = (lines(a_dir.path()), lines(b_dir.path()));
     assert_eq!(on_a + on_b, 60);
@@ -83,7 +83,7 @@ async fn calls_spread_over_every_resolved_core_and_follow_changes() {
     *answer.lock().unwrap() = vec![a];
     tokio::time::sleep(Duration::from_millis(400)).await;
     for i in 60..90 {
-        client.submit(vec![event(i)]).await.unwrap();
+        client.submit(vec![event(i)], None).await.unwrap();
     }
     assert_eq!(
         lines(b_dir.path()),

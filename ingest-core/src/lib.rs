@@ -11,3 +11,4 @@ pub mod publish;
 pub mod quarantine;
 pub mod server;
 pub mod service;
+pub mod trace;

@@ -20,8 +20,10 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli: Cli = config::parse_or_exit();
-    config::exit_on_problems(&cli.core.problems());
-    cli.runtime.init_tracing();
+    let mut problems = cli.core.problems();
+    problems.extend(cli.runtime.problems());
+    config::exit_on_problems(&problems);
+    let telemetry = cli.runtime.init_tracing("ingest-core");
 
     let pipeline = server::build_pipeline(&cli.core).await?;
     let listener = tokio::net::TcpListener::bind(cli.core.grpc_listen)
@@ -34,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let limits = server::Limits::from_config(&cli.core, cli.runtime.grace());
     server::serve(listener, pipeline, limits, server::shutdown_signal()).await?;
     stop_admin.notify_one();
+    telemetry.shutdown().await;
     tracing::info!("ingest-core stopped");
     Ok(())
 }
