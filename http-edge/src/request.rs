@@ -82,7 +82,7 @@ pub async fn context(mut request: Request, next: Next) -> Response {
     let log = tracing::info_span!(
         "request",
         trace_id = %span.trace_id(),
-        request_id = request_id.to_str().unwrap_or_default(),
+        request_id = %request_id.to_str().unwrap_or_default(),
     );
     request
         .extensions_mut()
