@@ -686,6 +686,47 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_operation_documents_the_request_id_and_trace_headers() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        let resolve = |r: &serde_json::Value| -> serde_json::Value {
+            match r["$ref"].as_str() {
+                Some(path) => doc.pointer(path.trim_start_matches('#')).unwrap().clone(),
+                None => r.clone(),
+            }
+        };
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                if method == "parameters" {
+                    continue;
+                }
+                let names: Vec<String> = op["parameters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| resolve(p)["name"].as_str().unwrap_or_default().to_owned())
+                    .collect();
+                assert!(names.iter().any(|n| n == "X-Request-Id"), "{method} {path}");
+                let traced = !matches!(path.as_str(), "/livez" | "/readyz" | "/openapi.json");
+                assert_eq!(
+                    names.iter().any(|n| n == "traceparent"),
+                    traced,
+                    "{method} {path}"
+                );
+                for (code, reply) in op["responses"].as_object().unwrap() {
+                    let reply = resolve(reply);
+                    // A 414 or 431 is answered by the HTTP server before any request is read.
+                    if code != "414" && code != "431" {
+                        assert!(
+                            reply["headers"].get("X-Request-Id").is_some(),
+                            "{method} {path} {code}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn shed_and_unavailable_replies_carry_retry_after() {
         let response = overloaded(Box::new(tower::timeout::error::Elapsed::new())).await;
