@@ -50,6 +50,29 @@ fn untraced(path: &str) -> bool {
     matches!(path, "/livez" | "/readyz" | "/openapi.json")
 }
 
+/// The edge span when it is exported: named `METHOD /route` with the HTTP attributes (work
+/// that is skipped when export is off).
+fn exported_span(request: &Request, parent: Option<SpanContext>) -> trace::Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    let method = request.method().as_str();
+    let mut span = trace::Span::start(
+        Scope::Edge,
+        || match route {
+            Some(route) => format!("{method} {route}"),
+            None => method.to_owned(),
+        },
+        parent,
+    );
+    span.set_attribute("http.request.method", method.to_owned());
+    if let Some(route) = route {
+        span.set_attribute("http.route", route.to_owned());
+    }
+    span
+}
+
 /// The middleware (`axum::middleware::from_fn`) around every route.
 pub async fn context(mut request: Request, next: Next) -> Response {
     let request_id = request_id(request.headers().get(X_REQUEST_ID));
@@ -60,25 +83,11 @@ pub async fn context(mut request: Request, next: Next) -> Response {
     }
     let headers = request.headers();
     let parent = trace::parse(header(headers, TRACEPARENT), header(headers, TRACESTATE));
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    let method = request.method().clone();
-    let mut span = trace::Span::start(
-        Scope::Edge,
-        || match &route {
-            Some(route) => format!("{method} {route}"),
-            None => method.to_string(),
-        },
-        parent,
-    );
-    if trace::exporting() {
-        span.set_attribute("http.request.method", method.to_string());
-        if let Some(route) = route {
-            span.set_attribute("http.route", route);
-        }
-    }
+    let mut span = if trace::exporting() {
+        exported_span(&request, parent)
+    } else {
+        trace::Span::start(Scope::Edge, || "", parent)
+    };
     let log = tracing::info_span!(
         "request",
         trace_id = %span.trace_id(),
