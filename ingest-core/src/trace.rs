@@ -133,18 +133,21 @@ impl Span {
         N: Into<Cow<'static, str>>,
     {
         if let Some(tracer) = tracer(scope) {
-            let cx = match parent {
-                Some(parent) => Context::new().with_remote_span_context(parent),
+            let cx = match &parent {
+                Some(parent) => Context::new().with_remote_span_context(parent.clone()),
                 None => Context::new(),
             };
             let span = tracer
                 .span_builder(name())
                 .with_kind(SpanKind::Server)
                 .start_with_context(tracer, &cx);
-            return Self {
-                context: span.span_context().clone(),
-                otel: Some(span),
-            };
+            // A provider already shut down hands out empty contexts: never propagate those.
+            if span.span_context().is_valid() {
+                return Self {
+                    context: span.span_context().clone(),
+                    otel: Some(span),
+                };
+            }
         }
         let span_id = SpanId::from(fastrand::u64(1..));
         let context = match parent {
