@@ -15,7 +15,7 @@ use axum::{
     BoxError, Json, Router,
     body::Bytes,
     error_handling::HandleErrorLayer,
-    extract::{ConnectInfo, DefaultBodyLimit, Path, State, rejection::BytesRejection},
+    extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -44,8 +44,9 @@ use crate::{
         messagebird::MessageBird, twilio::Twilio,
     },
     config::Verifiers,
-    core_client::CoreClient,
+    core_client::{CoreClient, TraceMetadata},
     error::EdgeError,
+    request::{self, EdgeSpan},
 };
 
 /// Labels of a webhook reply.
@@ -174,6 +175,8 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
+        // Outermost, so every reply (shed, timed out, 404, 405) carries the request id.
+        .layer(axum::middleware::from_fn(request::context))
         .with_state(state)
 }
 
@@ -257,9 +260,11 @@ async fn preflight(inteliquent: bool) -> Response {
     (StatusCode::OK, headers).into_response()
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn bandwidth(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(span): Extension<EdgeSpan>,
     Path(destination): Path<String>,
     method: Method,
     uri: Uri,
@@ -267,19 +272,20 @@ async fn bandwidth(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let incoming = incoming(method, uri, headers, body, peer, Some(destination));
-    handle::<Bandwidth>(&state, incoming).await
+    handle::<Bandwidth>(&state, incoming, &span).await
 }
 
 async fn webhook<W: Webhook>(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(span): Extension<EdgeSpan>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let incoming = incoming(method, uri, headers, body, peer, None);
-    handle::<W>(&state, incoming).await
+    handle::<W>(&state, incoming, &span).await
 }
 
 fn incoming(
@@ -307,20 +313,26 @@ fn incoming(
     })
 }
 
-/// Verify → parse → submit → reply: the one path every carrier's call takes.
-async fn handle<W: Webhook>(state: &AppState, incoming: Result<Incoming, EdgeError>) -> Response {
+/// Verify → parse → submit → reply: the one path every carrier's call takes. The core calls
+/// carry `span`'s trace context.
+async fn handle<W: Webhook>(
+    state: &AppState,
+    incoming: Result<Incoming, EdgeError>,
+    span: &EdgeSpan,
+) -> Response {
     let started = Instant::now();
     let result = async {
         let incoming = incoming?;
         let verifier = W::verifier(&state.verifiers);
         // The reason of a rejection is logged (rate-limited) with the reply below.
         let verified = verifier.verify(&incoming)?;
-        match parse_and_submit::<W>(state, &verified).await {
+        let trace = TraceMetadata::new(&span.0);
+        match parse_and_submit::<W>(state, &verified, &trace).await {
             Err(error) if let Some(reason) = error.quarantine_reason() => {
                 // Authentic but unusable: keep it (durably) before the 4xx, or the carrier
                 // would lose it; if it cannot be kept, a 503 makes the carrier retry.
                 let record = quarantine_record::<W>(&incoming, verifier.describe(), reason, &error);
-                match state.core.quarantine(record).await {
+                match state.core.quarantine(record, Some(&trace)).await {
                     Ok(kept) => {
                         tracing::info!(
                             carrier = W::NAME,
@@ -355,11 +367,14 @@ async fn handle<W: Webhook>(state: &AppState, incoming: Result<Incoming, EdgeErr
                 .iter()
                 .filter(|r| r.outcome == Outcome::Duplicate as i32)
                 .count();
+            // With the core embedded this is the only line of the webhook (the core leaves its
+            // per-event line to it): it names the first event and the outcome.
             tracing::info!(
                 carrier = W::NAME,
                 events = count,
                 duplicates,
                 carrier_message_id = %first_id,
+                event_id = %replies.first().map_or("", |r| r.event_id.as_str()),
                 elapsed_ms,
                 "webhook accepted"
             );
@@ -405,6 +420,7 @@ async fn handle<W: Webhook>(state: &AppState, incoming: Result<Incoming, EdgeErr
 async fn parse_and_submit<W: Webhook>(
     state: &AppState,
     verified: &Verified<'_>,
+    trace: &TraceMetadata,
 ) -> Result<(usize, String, Vec<SubmitReply>), EdgeError> {
     let events = W::parse(verified)?;
     // What the reply and the log need, taken before the events move into the call.
@@ -414,7 +430,7 @@ async fn parse_and_submit<W: Webhook>(
         .map(message_id)
         .unwrap_or_default()
         .to_owned();
-    let replies = state.core.submit(events).await?;
+    let replies = state.core.submit(events, Some(trace)).await?;
     Ok((count, first_id, replies))
 }
 
@@ -668,6 +684,47 @@ mod tests {
                         path == "/webhooks/inteliquent",
                         "{method} {path}: 422 is Inteliquent's"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_operation_documents_the_request_id_and_trace_headers() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).unwrap();
+        let resolve = |r: &serde_json::Value| -> serde_json::Value {
+            match r["$ref"].as_str() {
+                Some(path) => doc.pointer(path.trim_start_matches('#')).unwrap().clone(),
+                None => r.clone(),
+            }
+        };
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                if method == "parameters" {
+                    continue;
+                }
+                let names: Vec<String> = op["parameters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| resolve(p)["name"].as_str().unwrap_or_default().to_owned())
+                    .collect();
+                assert!(names.iter().any(|n| n == "X-Request-Id"), "{method} {path}");
+                let traced = !matches!(path.as_str(), "/livez" | "/readyz" | "/openapi.json");
+                assert_eq!(
+                    names.iter().any(|n| n == "traceparent"),
+                    traced,
+                    "{method} {path}"
+                );
+                for (code, reply) in op["responses"].as_object().unwrap() {
+                    let reply = resolve(reply);
+                    // A 414 or 431 is answered by the HTTP server before any request is read.
+                    if code != "414" && code != "431" {
+                        assert!(
+                            reply["headers"].get("X-Request-Id").is_some(),
+                            "{method} {path} {code}"
+                        );
+                    }
                 }
             }
         }

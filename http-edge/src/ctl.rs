@@ -524,7 +524,7 @@ async fn replay_one(e: &Entry, core: Option<&CoreClient>) -> Result<ReplayResult
             duplicates: 0,
         });
     };
-    match core.submit(events).await {
+    match core.submit(events, None).await {
         Ok(replies) => Ok(ReplayResult::Replayed {
             events: count,
             duplicates: replies

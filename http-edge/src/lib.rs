@@ -11,4 +11,5 @@ pub mod config;
 pub mod core_client;
 pub mod ctl;
 pub mod error;
+pub mod request;
 pub mod secret;

@@ -22,6 +22,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let cli: EdgeCli = config::parse_or_exit();
     let mut problems = cli.core.problems();
+    problems.extend(cli.runtime.problems());
     let verifiers = match Verifiers::from_config(&cli.edge, &cli.secrets) {
         Ok(v) => Some(v),
         Err(p) => {
@@ -68,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     else {
         unreachable!("problems were reported above")
     };
-    let _log = cli.runtime.init_tracing();
+    let telemetry = cli.runtime.init_tracing("http-edge");
     ingest_core::security::tls::install_default_provider();
     verifiers.log(cli.edge.skip_verify());
     tracing::info!(limits = %abuse.describe(), "abuse limits");
@@ -147,6 +148,7 @@ async fn main() -> anyhow::Result<()> {
         task.await??;
     }
     stop_admin.notify_one();
+    telemetry.shutdown().await;
     tracing::info!("http-edge stopped");
     Ok(())
 }

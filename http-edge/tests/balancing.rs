@@ -71,7 +71,7 @@ async fn calls_spread_over_every_resolved_core_and_follow_changes() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..60 {
-        client.submit(vec![event(i)]).await.unwrap();
+        client.submit(vec![event(i)], None).await.unwrap();
     }
     let (on_a, on_b) = (lines(a_dir.path()), lines(b_dir.path()));
     assert_eq!(on_a + on_b, 60);
@@ -84,7 +84,7 @@ async fn calls_spread_over_every_resolved_core_and_follow_changes() {
     *answer.lock().unwrap() = vec![a];
     tokio::time::sleep(Duration::from_millis(400)).await;
     for i in 60..90 {
-        client.submit(vec![event(i)]).await.unwrap();
+        client.submit(vec![event(i)], None).await.unwrap();
     }
     assert_eq!(
         lines(b_dir.path()),
@@ -135,13 +135,13 @@ async fn resolved_replicas_get_new_credentials_at_the_next_refresh() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        client.submit(vec![event(1000)]).await.is_err(),
+        client.submit(vec![event(1000)], None).await.is_err(),
         "old token refused"
     );
     assert_eq!(lines(dir.path()), 0);
 
     client.set_credentials(with_token("new-token-0123456789abcdef"));
     tokio::time::sleep(Duration::from_millis(400)).await;
-    client.submit(vec![event(1001)]).await.unwrap();
+    client.submit(vec![event(1001)], None).await.unwrap();
     assert_eq!(lines(dir.path()), 1);
 }

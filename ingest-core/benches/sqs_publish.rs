@@ -171,7 +171,15 @@ async fn main() {
                         let normalized = event::normalize(Submitted::Inbound(message(n)), "")
                             .expect("valid event");
                         pipeline
-                            .ingest(normalized)
+                            .ingest(
+                                normalized,
+                                ingest_core::trace::Span::start(
+                                    ingest_core::trace::Scope::Core,
+                                    || "bench",
+                                    None,
+                                )
+                                .attributes(),
+                            )
                             .await
                             .is_ok_and(|r| r.outcome == Outcome::Accepted as i32)
                     }

@@ -487,6 +487,16 @@ pub struct RuntimeConfig {
     /// Log format; the filter comes from RUST_LOG (default `info`).
     #[arg(long, env = "INGEST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Export spans over OTLP/gRPC to this collector endpoint (e.g. `http://otel-collector:4317`);
+    /// off when unset. The standard OpenTelemetry variable.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP protocol: only `grpc` is built in (the standard variable; unset means `grpc` here).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+    /// `service.name` of exported spans (default: the binary's name).
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub otel_service_name: Option<String>,
 }
 
 impl RuntimeConfig {
@@ -495,13 +505,85 @@ impl RuntimeConfig {
         Duration::from_secs(self.shutdown_grace_secs)
     }
 
+    /// Every problem with these settings, so all are reported at once.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(endpoint) = self.otlp_endpoint() {
+            if endpoint.starts_with("https://") {
+                problems.push(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT: https is not built in; export to a collector over http:// (a node-local agent or sidecar)"
+                        .to_owned(),
+                );
+            } else if !endpoint.starts_with("http://")
+                || tonic::transport::Endpoint::from_shared(endpoint.to_owned()).is_err()
+            {
+                problems.push(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT must be an http://host:port URL (OTLP/gRPC, usually port 4317)"
+                        .to_owned(),
+                );
+            }
+        }
+        if let Some(protocol) = self.otlp_protocol.as_deref().map(str::trim)
+            && !protocol.is_empty()
+            && protocol != "grpc"
+        {
+            problems.push(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={protocol} is not built in; only grpc is"
+            ));
+        }
+        problems
+    }
+
+    /// The OTLP endpoint, when export is on.
+    fn otlp_endpoint(&self) -> Option<&str> {
+        self.otlp_endpoint
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+    }
+
+    /// Installs the global tracing subscriber and, when an OTLP endpoint is set, the span
+    /// exporter (service name `OTEL_SERVICE_NAME`, else `default_service`). Call inside the
+    /// Tokio runtime, after [`RuntimeConfig::problems`] was checked; keep the result and shut it
+    /// down last, so the final spans are flushed.
+    pub fn init_tracing(&self, default_service: &str) -> crate::trace::Telemetry {
+        let log = self.init_logs();
+        self.init_export(default_service).with_log_writer(log)
+    }
+
+    fn init_export(&self, default_service: &str) -> crate::trace::Telemetry {
+        let Some(endpoint) = self.otlp_endpoint() else {
+            return crate::trace::Telemetry::default();
+        };
+        let settings = crate::trace::ExportSettings {
+            endpoint: endpoint.to_owned(),
+            service_name: self
+                .otel_service_name
+                .as_deref()
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .unwrap_or(default_service)
+                .to_owned(),
+        };
+        match crate::trace::init(&settings) {
+            Ok(telemetry) => {
+                tracing::info!(endpoint = %settings.endpoint, service = %settings.service_name, "exporting spans over OTLP/gRPC");
+                telemetry
+            }
+            Err(error) => {
+                // Traces are a diagnostic: the service runs without them rather than not at all.
+                tracing::error!(%error, "span export not started");
+                crate::trace::Telemetry::default()
+            }
+        }
+    }
+
     /// Installs the global tracing subscriber. Lines are formatted where they are logged and
     /// written to stderr by a writer thread, many lines per write, so request handlers never
     /// wait on the terminal or the log collector's pipe unless the line buffer is full (then
-    /// they wait: no line is dropped). Keep the guard until exit: dropping it writes out
-    /// whatever is still buffered.
-    #[must_use = "dropping the guard stops the log writer"]
-    pub fn init_tracing(&self) -> LogGuard {
+    /// they wait: no line is dropped). The guard, kept by the returned telemetry until its
+    /// shutdown, writes out whatever is still buffered.
+    fn init_logs(&self) -> LogGuard {
         use tracing_subscriber::{EnvFilter, fmt};
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -362,7 +362,8 @@ impl Normalized {
             received_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
             event: Some(self.event),
         };
-        let mut attributes = Vec::with_capacity(4);
+        // Room for the trace context the pipeline adds.
+        let mut attributes = Vec::with_capacity(6);
         attributes.push(Attribute::text("carrier", carrier_name(self.carrier)));
         attributes.push(Attribute::text("kind", self.kind.as_str()));
         let status = status_name(self.status);

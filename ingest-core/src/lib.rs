@@ -12,3 +12,4 @@ pub mod quarantine;
 pub mod security;
 pub mod server;
 pub mod service;
+pub mod trace;

@@ -25,12 +25,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli: Cli = config::parse_or_exit();
-    config::exit_on_problems(&cli.core.problems());
+    let mut problems = cli.core.problems();
+    problems.extend(cli.runtime.problems());
+    config::exit_on_problems(&problems);
     let security = security::GrpcSecurity::load(&cli.core).unwrap_or_else(|problems| {
         config::exit_on_problems(&problems);
         unreachable!("problems were reported above")
     });
-    let _log = cli.runtime.init_tracing();
+    let telemetry = cli.runtime.init_tracing("ingest-core");
     security::tls::install_default_provider();
 
     let pipeline = server::build_pipeline(&cli.core).await?;
@@ -52,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     stop_admin.notify_one();
+    telemetry.shutdown().await;
     tracing::info!("ingest-core stopped");
     Ok(())
 }

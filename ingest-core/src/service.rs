@@ -17,6 +17,7 @@ use crate::{
     metrics,
     publish::{EventKind, OutboundEvent, PublishError, Publisher},
     quarantine,
+    trace::{self, Propagated, Scope, TRACEPARENT, TRACESTATE},
 };
 
 /// Most events in one `SubmitBatch`.
@@ -197,12 +198,18 @@ impl Pipeline {
         &self.dedupe
     }
 
-    /// Dedupes and publishes one normalized event.
+    /// Dedupes and publishes one normalized event, with `trace` (the call's span context) in
+    /// its message attributes. A duplicate publishes nothing, so the queue keeps the trace of
+    /// the first submission.
     ///
     /// The work runs in its own task, so a caller that gives up (deadline, disconnect) cannot
     /// leave a claim half-settled: the publish completes and its claim is committed or released.
-    pub async fn ingest(self: &Arc<Self>, event: Normalized) -> Result<SubmitReply, IngestError> {
-        self.ingest_with(event, true).await
+    pub async fn ingest(
+        self: &Arc<Self>,
+        event: Normalized,
+        trace: Propagated,
+    ) -> Result<SubmitReply, IngestError> {
+        self.ingest_with(event, trace, true).await
     }
 
     /// Like [`Pipeline::ingest`]; with `log_events` false, accepted and duplicate events are
@@ -210,6 +217,7 @@ impl Pipeline {
     pub async fn ingest_with(
         self: &Arc<Self>,
         event: Normalized,
+        trace: Propagated,
         log_events: bool,
     ) -> Result<SubmitReply, IngestError> {
         let this = self.clone();
@@ -220,7 +228,7 @@ impl Pipeline {
             carrier_message_id = %event.carrier_message_id,
             event_id = %event.event_id,
         );
-        tokio::spawn(async move { this.process(event, log_events).await }.instrument(span))
+        tokio::spawn(async move { this.process(event, trace, log_events).await }.instrument(span))
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "ingest task failed");
@@ -231,6 +239,7 @@ impl Pipeline {
     async fn process(
         &self,
         event: Normalized,
+        trace: Propagated,
         log_events: bool,
     ) -> Result<SubmitReply, IngestError> {
         let (carrier, kind) = (event::carrier_name(event.carrier), event.kind);
@@ -247,7 +256,8 @@ impl Pipeline {
         let queue = self.routes.queue(event.carrier, event.kind);
         let status = event::status_name(event.status);
         let event_id = event.event_id.clone();
-        let outbound = event.into_outbound();
+        let mut outbound = event.into_outbound();
+        trace.add_to(&mut outbound.attributes);
         match self.publish_once(&event_id, queue, &outbound).await {
             Ok(Outcome::Duplicate) => {
                 if log_events {
@@ -313,10 +323,12 @@ impl Pipeline {
         }
     }
 
-    /// Keeps one quarantine entry on the quarantine queue, once per record id.
+    /// Keeps one quarantine entry on the quarantine queue, once per record id, with `trace` in
+    /// its message attributes.
     pub async fn quarantine(
         self: &Arc<Self>,
         entry: quarantine::Entry,
+        trace: Propagated,
     ) -> Result<Outcome, IngestError> {
         let this = self.clone();
         let span = tracing::info_span!(
@@ -328,7 +340,8 @@ impl Pipeline {
         // Its own task, like `ingest`: a caller giving up cannot leave a claim half-settled.
         tokio::spawn(
             async move {
-                let outbound = entry.to_outbound();
+                let mut outbound = entry.to_outbound();
+                trace.add_to(&mut outbound.attributes);
                 let outcome = this
                     .publish_once(&outbound.event_id, &this.routes.quarantine, &outbound)
                     .await?;
@@ -379,6 +392,7 @@ impl IngestGrpc {
         &self,
         submitted: Submitted,
         prefix: &str,
+        span: &trace::Span,
         log_events: bool,
     ) -> Result<SubmitReply, Status> {
         let labels = invalid_labels(&submitted);
@@ -386,7 +400,42 @@ impl IngestGrpc {
             metrics::CORE.events.get_or_create(&labels).inc();
             IngestError::Invalid(v)
         })?;
-        Ok(self.pipeline.ingest_with(normalized, log_events).await?)
+        Ok(self
+            .pipeline
+            .ingest_with(normalized, span.attributes(), log_events)
+            .await?)
+    }
+}
+
+/// The spans of one call: ours, continuing the submitter's `traceparent` / `tracestate`
+/// metadata (the edge's span, or any internal submitter's) or starting a trace, and the log
+/// span that puts its trace id on every line of the call. The published events carry this
+/// span's context, so a consumer's span is a child of the core call that published it.
+fn call_spans<T>(request: &Request<T>, method: &'static str) -> (trace::Span, tracing::Span) {
+    let metadata = request.metadata();
+    let get = |key| metadata.get(key).and_then(|v| v.to_str().ok());
+    let parent = trace::parse(get(TRACEPARENT), get(TRACESTATE));
+    let mut span = trace::Span::start(
+        Scope::Core,
+        || format!("carrier.ingest.v1.IngestService/{method}"),
+        parent,
+    );
+    span.set_attribute("rpc.system", "grpc");
+    span.set_attribute("rpc.service", "carrier.ingest.v1.IngestService");
+    span.set_attribute("rpc.method", method);
+    let log = tracing::info_span!("rpc", method, trace_id = %span.trace_id());
+    (span, log)
+}
+
+/// Records the outcome of a call on its span.
+fn finish<T>(span: &mut trace::Span, result: &Result<Response<T>, Status>) {
+    if !trace::exporting() {
+        return;
+    }
+    let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+    span.set_attribute("rpc.grpc.status_code", code as i64);
+    if code != Code::Ok {
+        span.set_error(code.description());
     }
 }
 
@@ -396,6 +445,11 @@ impl IngestGrpc {
 /// cannot arrive over the network (extensions are not sent).
 #[derive(Debug, Clone, Copy)]
 pub struct CallerLogsEvents;
+
+/// Whether the core logs each event of `request` (not when its caller does).
+fn logs_events<T>(request: &Request<T>) -> bool {
+    request.extensions().get::<CallerLogsEvents>().is_none()
+}
 
 /// Metric labels for a submission that fails validation.
 fn invalid_labels(submitted: &Submitted) -> metrics::EventLabels {
@@ -408,11 +462,6 @@ fn invalid_labels(submitted: &Submitted) -> metrics::EventLabels {
         kind: kind.as_str(),
         outcome: "invalid",
     }
-}
-
-/// Whether the core logs each event of `request` (not when its caller does).
-fn logs_events<T>(request: &Request<T>) -> bool {
-    request.extensions().get::<CallerLogsEvents>().is_none()
 }
 
 fn missing(field: &str) -> Status {
@@ -429,36 +478,93 @@ impl IngestService for IngestGrpc {
         &self,
         request: Request<SubmitInboundRequest>,
     ) -> Result<Response<SubmitReply>, Status> {
+        let (mut span, log) = call_spans(&request, "SubmitInbound");
         let log_events = logs_events(&request);
-        let message = request
-            .into_inner()
-            .message
-            .ok_or_else(|| missing("message"))?;
-        self.one(Submitted::Inbound(message), "message.", log_events)
-            .await
-            .map(Response::new)
+        let result = async {
+            let message = request
+                .into_inner()
+                .message
+                .ok_or_else(|| missing("message"))?;
+            self.one(Submitted::Inbound(message), "message.", &span, log_events)
+                .await
+                .map(Response::new)
+        }
+        .instrument(log)
+        .await;
+        finish(&mut span, &result);
+        result
     }
 
     async fn submit_status(
         &self,
         request: Request<SubmitStatusRequest>,
     ) -> Result<Response<SubmitReply>, Status> {
+        let (mut span, log) = call_spans(&request, "SubmitStatus");
         let log_events = logs_events(&request);
-        let status = request
-            .into_inner()
-            .status
-            .ok_or_else(|| missing("status"))?;
-        self.one(Submitted::Status(status), "status.", log_events)
-            .await
-            .map(Response::new)
+        let result = async {
+            let status = request
+                .into_inner()
+                .status
+                .ok_or_else(|| missing("status"))?;
+            self.one(Submitted::Status(status), "status.", &span, log_events)
+                .await
+                .map(Response::new)
+        }
+        .instrument(log)
+        .await;
+        finish(&mut span, &result);
+        result
     }
 
     async fn submit_batch(
         &self,
         request: Request<SubmitBatchRequest>,
     ) -> Result<Response<SubmitBatchReply>, Status> {
+        let (mut span, log) = call_spans(&request, "SubmitBatch");
         let log_events = logs_events(&request);
-        let events = request.into_inner().events;
+        let result = self
+            .batch(request.into_inner().events, &span, log_events)
+            .instrument(log)
+            .await;
+        finish(&mut span, &result);
+        result
+    }
+
+    async fn quarantine(
+        &self,
+        request: Request<QuarantineRequest>,
+    ) -> Result<Response<QuarantineReply>, Status> {
+        let (mut span, log) = call_spans(&request, "Quarantine");
+        let result = async {
+            let record = request
+                .into_inner()
+                .record
+                .ok_or_else(|| missing("record"))?;
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let entry = quarantine::entry(record, &now).map_err(IngestError::Invalid)?;
+            let (record_id, body_sha256) = (entry.record_id.clone(), entry.body_sha256.clone());
+            let outcome = self.pipeline.quarantine(entry, span.attributes()).await?;
+            Ok(Response::new(QuarantineReply {
+                record_id,
+                outcome: outcome as i32,
+                body_sha256,
+            }))
+        }
+        .instrument(log)
+        .await;
+        finish(&mut span, &result);
+        result
+    }
+}
+
+impl IngestGrpc {
+    /// `SubmitBatch`: validates every event, then publishes them all.
+    async fn batch(
+        &self,
+        events: Vec<carrier_ingest::v1::BatchEvent>,
+        span: &trace::Span,
+        log_events: bool,
+    ) -> Result<Response<SubmitBatchReply>, Status> {
         if events.is_empty() {
             return Err(missing("events"));
         }
@@ -496,33 +602,15 @@ impl IngestService for IngestGrpc {
         if !violations.is_empty() {
             return Err(IngestError::Invalid(violations).into());
         }
+        let trace = span.attributes();
         let results = join_all(
             normalized
                 .into_iter()
-                .map(|n| self.pipeline.ingest_with(n, log_events)),
+                .map(|n| self.pipeline.ingest_with(n, trace.clone(), log_events)),
         )
         .await;
         let results = results.into_iter().collect::<Result<Vec<_>, _>>()?;
         Ok(Response::new(SubmitBatchReply { results }))
-    }
-
-    async fn quarantine(
-        &self,
-        request: Request<QuarantineRequest>,
-    ) -> Result<Response<QuarantineReply>, Status> {
-        let record = request
-            .into_inner()
-            .record
-            .ok_or_else(|| missing("record"))?;
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let entry = quarantine::entry(record, &now).map_err(IngestError::Invalid)?;
-        let (record_id, body_sha256) = (entry.record_id.clone(), entry.body_sha256.clone());
-        let outcome = self.pipeline.quarantine(entry).await?;
-        Ok(Response::new(QuarantineReply {
-            record_id,
-            outcome: outcome as i32,
-            body_sha256,
-        }))
     }
 }
 

@@ -20,13 +20,20 @@ use carrier_ingest::v1::{
     QuarantineRequest, SubmitBatchRequest, SubmitInboundRequest, SubmitReply, SubmitStatusRequest,
     batch_event::Event,
 };
-use ingest_core::metrics;
+use ingest_core::{
+    metrics,
+    trace::{self, SpanContext, TRACEPARENT, TRACESTATE},
+};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
 };
 use tokio::time::Instant;
-use tonic::{Code, Request, Status, transport::Endpoint};
+use tonic::{
+    Code, Request, Status,
+    metadata::{AsciiMetadataValue, MetadataValue},
+    transport::Endpoint,
+};
 use tonic_types::StatusExt;
 use tower::retry::budget::{Budget, TpsBudget};
 
@@ -139,6 +146,36 @@ impl std::fmt::Debug for CoreClient {
             .field("replicas", &self.pool.snapshot())
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
+    }
+}
+
+/// The trace context sent with a core call (gRPC metadata `traceparent`, `tracestate`): the
+/// edge span's, so that the core's span is its child. Formatted once per webhook and shared by
+/// every attempt.
+#[derive(Debug, Clone)]
+pub struct TraceMetadata {
+    traceparent: Option<AsciiMetadataValue>,
+    tracestate: Option<AsciiMetadataValue>,
+}
+
+impl TraceMetadata {
+    /// The metadata for a call made within the span `context`.
+    pub fn new(context: &SpanContext) -> Self {
+        Self {
+            traceparent: MetadataValue::try_from(trace::traceparent(context)).ok(),
+            tracestate: trace::tracestate(context).and_then(|s| MetadataValue::try_from(s).ok()),
+        }
+    }
+
+    fn apply<T>(trace: Option<&Self>, request: &mut Request<T>) {
+        let Some(trace) = trace else { return };
+        let metadata = request.metadata_mut();
+        if let Some(v) = &trace.traceparent {
+            metadata.insert(TRACEPARENT, v.clone());
+        }
+        if let Some(v) = &trace.tracestate {
+            metadata.insert(TRACESTATE, v.clone());
+        }
     }
 }
 
@@ -343,8 +380,13 @@ impl CoreClient {
     }
 
     /// Submits the events of one webhook call (a single event as itself, several as one batch)
-    /// within the core deadline, failing over to another replica when one cannot take it.
-    pub async fn submit(&self, events: Vec<Event>) -> Result<Vec<SubmitReply>, EdgeError> {
+    /// within the core deadline, failing over to another replica when one cannot take it. With
+    /// `trace`, the core continues that trace; without, it starts one.
+    pub async fn submit(
+        &self,
+        events: Vec<Event>,
+        trace: Option<&TraceMetadata>,
+    ) -> Result<Vec<SubmitReply>, EdgeError> {
         let call = match <[Event; 1]>::try_from(events) {
             Ok([Event::Inbound(message)]) => Call::Inbound(message),
             Ok([Event::Status(status)]) => Call::Status(status),
@@ -363,7 +405,7 @@ impl CoreClient {
         };
         self.with_failover(|replica, left| {
             let call = &call;
-            async move { send(&replica, call, left).await }
+            async move { send(&replica, call, left, trace).await }
         })
         .await
     }
@@ -371,7 +413,11 @@ impl CoreClient {
     /// Hands a call that could not become events to the core's quarantine, failing over like
     /// [`CoreClient::submit`] (the core dedupes records too); `Ok` only once the record is
     /// durable.
-    pub async fn quarantine(&self, record: QuarantineRecord) -> Result<QuarantineReply, EdgeError> {
+    pub async fn quarantine(
+        &self,
+        record: QuarantineRecord,
+        trace: Option<&TraceMetadata>,
+    ) -> Result<QuarantineReply, EdgeError> {
         self.with_failover(|replica, left| {
             let record = record.clone();
             async move {
@@ -380,6 +426,7 @@ impl CoreClient {
                 });
                 request.set_timeout(left);
                 replica.authorize(&mut request);
+                TraceMetadata::apply(trace, &mut request);
                 let mut client = replica.ingest.clone();
                 Ok(client.quarantine(request).await?.into_inner())
             }
@@ -481,10 +528,16 @@ impl CoreClient {
 }
 
 /// The request of one call with a gRPC deadline of `timeout`.
-fn call_request<T>(message: T, timeout: Duration, replica: &Replica) -> Request<T> {
+fn call_request<T>(
+    message: T,
+    timeout: Duration,
+    replica: &Replica,
+    trace: Option<&TraceMetadata>,
+) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(timeout);
     replica.authorize(&mut request);
+    TraceMetadata::apply(trace, &mut request);
     if replica.in_process {
         // The edge's `webhook accepted` line covers these events: one line per webhook.
         request
@@ -499,6 +552,7 @@ async fn send(
     replica: &Replica,
     call: &Call,
     timeout: Duration,
+    trace: Option<&TraceMetadata>,
 ) -> Result<Vec<SubmitReply>, Status> {
     let mut client = replica.ingest.clone();
     Ok(match call {
@@ -508,7 +562,7 @@ async fn send(
             };
             vec![
                 client
-                    .submit_inbound(call_request(request, timeout, replica))
+                    .submit_inbound(call_request(request, timeout, replica, trace))
                     .await?
                     .into_inner(),
             ]
@@ -519,7 +573,7 @@ async fn send(
             };
             vec![
                 client
-                    .submit_status(call_request(request, timeout, replica))
+                    .submit_status(call_request(request, timeout, replica, trace))
                     .await?
                     .into_inner(),
             ]
@@ -529,7 +583,7 @@ async fn send(
                 events: events.clone(),
             };
             client
-                .submit_batch(call_request(request, timeout, replica))
+                .submit_batch(call_request(request, timeout, replica, trace))
                 .await?
                 .into_inner()
                 .results
@@ -726,7 +780,7 @@ mod tests {
         let dead = dead_url();
         let core = client(&[&dead, &busy, &good]);
         for _ in 0..9 {
-            let replies = core.submit(one_event()).await.expect("fails over");
+            let replies = core.submit(one_event(), None).await.expect("fails over");
             assert_eq!(replies[0].event_id, "e");
         }
         assert_eq!(
@@ -755,7 +809,7 @@ mod tests {
         let core = client(&[&dead_url(), &busy, &good]);
         for _ in 0..3 {
             let kept = core
-                .quarantine(QuarantineRecord::default())
+                .quarantine(QuarantineRecord::default(), None)
                 .await
                 .expect("fails over");
             assert_eq!(kept.record_id, "r");
@@ -771,7 +825,7 @@ mod tests {
         let core = client(&[&broken, &good]);
         let mut internal = 0;
         for _ in 0..4 {
-            match core.submit(one_event()).await {
+            match core.submit(one_event(), None).await {
                 Ok(_) => {}
                 Err(e) => {
                     assert!(
@@ -793,7 +847,10 @@ mod tests {
 
         // Every replica unreachable: UNAVAILABLE (503), never a 500.
         let core = client(&[&dead_url(), &dead_url()]);
-        assert_eq!(code_of(core.submit(one_event()).await), Code::Unavailable);
+        assert_eq!(
+            code_of(core.submit(one_event(), None).await),
+            Code::Unavailable
+        );
         assert_eq!(
             crate::error::http_status_for(Code::Unavailable),
             axum::http::StatusCode::SERVICE_UNAVAILABLE
@@ -812,7 +869,10 @@ mod tests {
         }
         let core = client(&urls.iter().map(String::as_str).collect::<Vec<_>>());
         for _ in 0..CALLS {
-            assert_eq!(code_of(core.submit(one_event()).await), Code::Unavailable);
+            assert_eq!(
+                code_of(core.submit(one_event(), None).await),
+                Code::Unavailable
+            );
         }
         let attempts: usize = counters.iter().map(|c| c.load(Ordering::SeqCst)).sum();
         // Without a budget every call would try all three replicas (900 attempts). The budget
@@ -835,7 +895,7 @@ mod tests {
             CoreClient::connect_lazy(&url, Duration::from_millis(300), Duration::ZERO).unwrap();
         let started = std::time::Instant::now();
         assert_eq!(
-            code_of(core.submit(one_event()).await),
+            code_of(core.submit(one_event(), None).await),
             Code::DeadlineExceeded
         );
         let took = started.elapsed();

@@ -48,9 +48,18 @@ impl Edge {
 
     /// The edge alone, calling the core at `core_url` (verification off), once it is live.
     pub(crate) async fn without_core(core_url: &str, args: &[&str]) -> Edge {
+        Edge::without_core_env(core_url, args, &[]).await
+    }
+
+    /// Like [`Edge::without_core`], with extra environment.
+    pub(crate) async fn without_core_env(
+        core_url: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Edge {
         let mut all = vec!["--insecure-skip-verify", "--core-url", core_url];
         all.extend_from_slice(args);
-        Edge::launch(None, &all, &[], "/livez", false).await
+        Edge::launch(None, &all, env, "/livez", false).await
     }
 
     /// Starts the binary (with the core embedded or not) and waits for `probe` to answer 200.

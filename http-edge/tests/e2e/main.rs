@@ -24,4 +24,5 @@ mod replay;
 mod servers;
 mod signatures;
 mod spec;
+mod trace_context;
 mod two_cores;

@@ -78,6 +78,38 @@ pub(crate) fn file_stem(queue: &str) -> String {
     }
 }
 
+/// The spool line of `event`: its body, with the trace context attributes (`traceparent`,
+/// `tracestate`) added as members of the same names when the body is a JSON object, since a line
+/// has nowhere else to carry them. Other attributes repeat what the body says.
+fn line_for(event: &OutboundEvent) -> Vec<u8> {
+    let body = event.body.as_bytes();
+    let trace = event
+        .attributes
+        .iter()
+        .filter(|a| a.name == crate::trace::TRACEPARENT || a.name == crate::trace::TRACESTATE);
+    let mut line = Vec::with_capacity(body.len() + 96);
+    match body.strip_suffix(b"}") {
+        Some(open) if body.starts_with(b"{") => {
+            line.extend_from_slice(open);
+            let mut empty = open.len() == 1;
+            for a in trace {
+                if !empty {
+                    line.push(b',');
+                }
+                empty = false;
+                // Strings to JSON cannot fail.
+                let _ = serde_json::to_writer(&mut line, a.name.as_ref());
+                line.push(b':');
+                let _ = serde_json::to_writer(&mut line, &a.value);
+            }
+            line.push(b'}');
+        }
+        _ => line.extend_from_slice(body),
+    }
+    line.push(b'\n');
+    line
+}
+
 /// The file operations the spool needs; a trait so tests can make them fail or stall.
 trait SpoolFile: Write + Send + 'static {
     /// Current length in bytes.
@@ -121,10 +153,7 @@ impl<F: SpoolFile> Journal for FileJournal<F> {
 #[async_trait]
 impl Publisher for Spool {
     async fn publish(&self, queue: &str, event: &OutboundEvent) -> Result<(), PublishError> {
-        let mut line = Vec::with_capacity(event.body.len() + 1);
-        line.extend_from_slice(event.body.as_bytes());
-        line.push(b'\n');
-        self.writer(queue)?.append(line).await
+        self.writer(queue)?.append(line_for(event)).await
     }
 
     async fn check(&self, queue: &str) -> Result<(), PublishError> {
@@ -142,6 +171,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::publish::Attribute;
 
     fn event(id: &str) -> OutboundEvent {
         OutboundEvent {
@@ -175,6 +205,30 @@ mod tests {
             .collect();
         ids.sort_unstable();
         assert_eq!(ids, (0..200).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn lines_carry_the_trace_context_beside_the_body() {
+        let mut e = event("t");
+        e.attributes = vec![
+            Attribute::text("carrier", "twilio"),
+            Attribute::text(crate::trace::TRACEPARENT, "00-ab-cd-01"),
+            Attribute::text(crate::trace::TRACESTATE, "k=\"v\""),
+        ];
+        let line = String::from_utf8(line_for(&e)).unwrap();
+        assert!(line.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["eventId"], "t");
+        assert_eq!(v["traceparent"], "00-ab-cd-01");
+        assert_eq!(v["tracestate"], "k=\"v\"");
+        assert!(
+            v.get("carrier").is_none(),
+            "only the trace context is added"
+        );
+        e.body = "{}".into();
+        let v: serde_json::Value = serde_json::from_slice(&line_for(&e)).unwrap();
+        assert_eq!(v["traceparent"], "00-ab-cd-01");
+        assert_eq!(line_for(&event("plain")), b"{\"eventId\":\"plain\"}\n");
     }
 
     #[tokio::test]
