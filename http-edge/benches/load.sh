@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Load test of the whole path (edge → gRPC → core → fsynced spool) with wrk, in dev mode.
+# Load test of the whole path (edge → in-process core → fsynced spool) with wrk, in dev mode,
+# with Twilio webhooks; benches/p1.sh is the same path with Bandwidth and Basic auth, measured as
+# a ratio of a bare axum handler.
 #   bash http-edge/benches/load.sh [DURATION] [CONNECTIONS]
 # Builds release binaries, starts http-edge with the core embedded on free ports and a fresh data
 # directory, runs wrk, then checks every 200 is in the spool exactly once and reports peak RSS.
@@ -11,8 +13,9 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 cargo build --release -p http-edge --bin http-edge >/dev/null
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 http=$(port); grpc=$(port); data=$(mktemp -d)
-# wrk is a single client address: the per-client rate limit (--rate-limit-per-sec) is off here.
-RUST_LOG=warn target/release/http-edge --dev --rate-limit-per-sec 0 --listen 127.0.0.1:$http --grpc-listen 127.0.0.1:$grpc \
+# As in benches/p1.sh: the default log level, and the per-client rate limit on but far above
+# wrk's rate (wrk is a single client address).
+target/release/http-edge --dev --rate-limit-per-sec 10000000 --rate-limit-burst 10000000 --listen 127.0.0.1:$http --grpc-listen 127.0.0.1:$grpc \
     --data-dir "$data" 2>"$data/edge.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$data"' EXIT

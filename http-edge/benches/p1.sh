@@ -2,17 +2,21 @@
 # P1: the whole path of the embedded default (edge → core → fsynced spool) as a ratio of a bare
 # axum handler on the same route and body, both measured in this one run with the same wrk.
 #
-#   bash http-edge/benches/p1.sh [SECONDS] [CONNECTIONS]      (defaults: 10 s, 32 connections)
+#   bash http-edge/benches/p1.sh [SECONDS] [CONNECTIONS] [ROUNDS]   (defaults: 10 s, 32, 3)
 #
+# Both servers run side by side; each round measures, back to back with the same wrk:
 # 1. the bare handler (examples/bare_axum.rs): wrk -t1 -cN, its rate;
 # 2. http-edge with the core embedded, Bandwidth Basic auth on, the per-client rate limit on (set
 #    far above wrk's rate: wrk is one client), default log level: wrk -t1 -cN, its rate, p50/p99;
-# 3. the same edge paced at half that rate: p50/p99;
+# and the round's ratio (the machine is shared: the median of the rounds' ratios is the figure).
+# 3. then the edge paced at half its median rate: p50/p99;
 # then every 200 must be in the spool exactly once, and the peak RSS of the edge is printed.
+# EDGE_BIN=path measures another build of http-edge (a before/after comparison).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 seconds=${1:-10}
 connections=${2:-32}
+rounds=${3:-3}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --locked -p http-edge --bin http-edge --example bare_axum 2>&1 | grep -v '^ *Compiling' || true
 script=http-edge/benches/bandwidth.lua
@@ -23,25 +27,29 @@ work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
-# 1. The bare handler.
+# The bare handler and the whole path, both started once.
 bare=$(port)
 target/release/examples/bare_axum "127.0.0.1:$bare" & pids+=($!)
 bare_pid=$!
 for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$bare/" && break; sleep 0.05; done
-wrk -t1 -c"$connections" -d"${seconds}s" -s $script "http://127.0.0.1:$bare" >"$work/bare.txt"
-bare_rss=$(awk '/VmHWM/ {print $2}' /proc/$bare_pid/status)
-kill $bare_pid; wait $bare_pid 2>/dev/null || true
-
-# 2. The whole path.
 http=$(port); grpc=$(port); admin=$(port)
-target/release/http-edge --embedded-core --bandwidth-basic-auth bench:bench \
+"${EDGE_BIN:-target/release/http-edge}" --embedded-core --bandwidth-basic-auth bench:bench \
     --rate-limit-per-sec 10000000 --rate-limit-burst 10000000 \
     --listen 127.0.0.1:$http --grpc-listen 127.0.0.1:$grpc --admin-listen 127.0.0.1:$admin \
     --data-dir "$work/data" 2>"$work/edge.log" & pids+=($!)
 edge_pid=$!
 wait_ready "http://127.0.0.1:$http/readyz"
-WRK_RUN=full wrk -t1 -c"$connections" -d"${seconds}s" -s $script "http://127.0.0.1:$http" >"$work/path.txt"
-path_rate=$(field rate "$work/path.txt")
+
+# 1 and 2, alternating.
+runs=()
+for r in $(seq "$rounds"); do
+    WRK_RUN=bare$r wrk -t1 -c"$connections" -d"${seconds}s" -s $script "http://127.0.0.1:$bare" >"$work/bare$r.txt"
+    WRK_RUN=full$r wrk -t1 -c"$connections" -d"${seconds}s" -s $script "http://127.0.0.1:$http" >"$work/path$r.txt"
+    runs+=("path$r")
+done
+bare_rss=$(awk '/VmHWM/ {print $2}' /proc/$bare_pid/status)
+kill $bare_pid; wait $bare_pid 2>/dev/null || true
+path_rate=$(for r in $(seq "$rounds"); do field rate "$work/path$r.txt"; done | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
 
 # 3. The same at half that rate.
 half=$(python3 -c "print(int(float('$path_rate') / 2))")
@@ -52,32 +60,37 @@ kill -TERM $edge_pid; wait $edge_pid || true
 # Every 200 in the spool exactly once: no duplicate, nothing missing (a run may end with up to
 # CONNECTIONS calls in flight whose reply wrk did not wait for: those may be spooled too).
 acked=0
-for f in path half; do
+for f in "${runs[@]}" half; do
     non200=$(field non200 "$work/$f.txt"); [ "$non200" = 0 ] || { cat "$work/$f.txt"; echo "FAIL: $non200 non-200 replies ($f)"; exit 1; }
     acked=$((acked + $(field requests "$work/$f.txt")))
 done
-python3 - "$work/data/inbound.jsonl" "$acked" "$connections" <<'PY'
+python3 - "$work/data/inbound.jsonl" "$acked" "$((connections * (rounds + 1)))" <<'PY'
 import json, sys
 lines = [json.loads(l) for l in open(sys.argv[1])]
-acked, conns = int(sys.argv[2]), int(sys.argv[3])
+acked, in_flight = int(sys.argv[2]), int(sys.argv[3])
 ids = [l["eventId"] for l in lines]
-msgs = {l["event"]["inbound"]["carrierMessageId"] if "event" in l else None for l in lines}
 print(f"spool: {len(lines)} events, {len(set(ids))} distinct event ids; 200 replies counted by wrk: {acked}")
 if len(set(ids)) != len(ids):
     sys.exit("FAIL: an event is in the spool twice")
-if not acked <= len(lines) <= acked + 2 * conns:
+if not acked <= len(lines) <= acked + in_flight:
     sys.exit(f"FAIL: {acked} acknowledged but {len(lines)} spooled")
 PY
 
-python3 - "$work" "$bare_rss" "$edge_rss" <<'PY'
-import re, sys
-work, bare_rss, edge_rss = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+python3 - "$work" "$bare_rss" "$edge_rss" "$rounds" <<'PY'
+import re, statistics, sys
+work, bare_rss, edge_rss, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 def res(name):
     line = next(l for l in open(f"{work}/{name}.txt") if l.startswith("RESULT"))
     return {k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)", line)}
-b, p, h = res("bare"), res("path"), res("half")
-print(f"bare axum handler : {b['rate']:>9,.0f} req/s  p50 {b['p50_ms']:.2f} ms  p99 {b['p99_ms']:.2f} ms  peak RSS {bare_rss // 1024} MiB")
-print(f"whole path        : {p['rate']:>9,.0f} req/s  p50 {p['p50_ms']:.2f} ms  p99 {p['p99_ms']:.2f} ms")
-print(f"whole path, paced : {h['rate']:>9,.0f} req/s  p50 {h['p50_ms']:.2f} ms  p99 {h['p99_ms']:.2f} ms  (target {int(p['rate'] / 2):,}/s)")
-print(f"ratio (whole path / bare) = {p['rate'] / b['rate']:.3f}   edge peak RSS {edge_rss // 1024} MiB")
+ratios = []
+for r in range(1, rounds + 1):
+    b, p = res(f"bare{r}"), res(f"path{r}")
+    ratios.append(p["rate"] / b["rate"])
+    print(f"round {r}: bare axum {b['rate']:>8,.0f} req/s (p50 {b['p50_ms']:.2f}, p99 {b['p99_ms']:.2f} ms)"
+          f"   whole path {p['rate']:>8,.0f} req/s (p50 {p['p50_ms']:.2f}, p99 {p['p99_ms']:.2f} ms)"
+          f"   ratio {ratios[-1]:.3f}")
+h = res("half")
+print(f"whole path paced at half its median rate: {h['rate']:,.0f} req/s  p50 {h['p50_ms']:.2f} ms  p99 {h['p99_ms']:.2f} ms")
+print(f"ratio (whole path / bare), median of {rounds} rounds = {statistics.median(ratios):.3f}"
+      f"   peak RSS: edge {edge_rss // 1024} MiB, bare {bare_rss // 1024} MiB")
 PY

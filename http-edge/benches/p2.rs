@@ -37,6 +37,20 @@ fn arg(n: usize, default: u64) -> u64 {
 /// Kills the child when the bench ends, however it ends.
 struct Reaped(Child);
 
+impl Reaped {
+    /// Peak resident memory so far, in MiB.
+    fn peak_rss_mib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb / 1024)
+    }
+}
+
 impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -88,7 +102,7 @@ async fn main() {
     let (http, grpc, core_admin, edge_admin) = (free_port(), free_port(), free_port(), free_port());
     let log = |name: &str| std::fs::File::create(data.path().join(name)).unwrap();
 
-    let _core = Reaped(
+    let core = Reaped(
         Command::new(&core_bin)
             .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
             .args(["--admin-listen", &format!("127.0.0.1:{core_admin}")])
@@ -107,7 +121,7 @@ async fn main() {
             .spawn()
             .expect("start ingest-core"),
     );
-    let _edge = Reaped(
+    let edge = Reaped(
         Command::new(env!("CARGO_BIN_EXE_http-edge"))
             .args(["--core-url", &format!("http://127.0.0.1:{grpc}")])
             .args(["--bandwidth-basic-auth", "bench:bench"])
@@ -160,6 +174,11 @@ async fn main() {
         "  on the queue: {events} events, {twice} delivered twice; {calls} SendMessageBatch calls \
          = {:.4} calls/event",
         calls as f64 / events.max(1) as f64
+    );
+    println!(
+        "  peak RSS: http-edge {} MiB, ingest-core {} MiB",
+        edge.peak_rss_mib(),
+        core.peak_rss_mib()
     );
     let mut failed = false;
     if non200 > 0.0 {
