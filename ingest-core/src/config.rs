@@ -578,42 +578,30 @@ impl RuntimeConfig {
         }
     }
 
-    /// Installs the global tracing subscriber. Lines are formatted where they are logged and
-    /// written to stderr by a writer thread, many lines per write, so request handlers never
-    /// wait on the terminal or the log collector's pipe unless the line buffer is full (then
-    /// they wait: no line is dropped). The guard, kept by the returned telemetry until its
-    /// shutdown, writes out whatever is still buffered.
+    /// Installs the global tracing subscriber (lines on stderr). The guard is kept by the
+    /// returned telemetry until its shutdown (for a log writer thread; none is used now).
     fn init_logs(&self) -> LogGuard {
         use tracing_subscriber::{EnvFilter, fmt};
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .lossy(false)
-            .buffered_lines_limit(LOG_BUFFERED_LINES)
-            .thread_name("log-writer")
-            // The thread flushes after taking every line waiting: one `write` per burst.
-            .finish(std::io::BufWriter::with_capacity(
-                64 * 1024,
-                std::io::stderr(),
-            ));
+        // Written where it is logged: a line is on stderr before the reply it describes is sent
+        // (tests and operators read the log right after a reply). A writer thread was faster
+        // under load but let a reply overtake its line.
         let builder = fmt()
             .with_env_filter(filter)
-            .with_writer(writer)
+            .with_writer(std::io::stderr)
             .with_ansi(ansi);
         let _ = match self.log_format {
             LogFormat::Text => builder.try_init(),
             LogFormat::Json => builder.json().flatten_event(true).try_init(),
         };
-        LogGuard(guard)
+        LogGuard(None)
     }
 }
 
-/// Lines the log writer holds before a logging thread waits for it.
-const LOG_BUFFERED_LINES: usize = 16 * 1024;
-
-/// Keeps the log writer thread running; dropping it flushes what is buffered.
+/// Keeps a log writer thread running, if one is used; dropping it flushes what is buffered.
 #[derive(Debug)]
-pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::WorkerGuard>);
 
 /// Parses a binary's flags; on any error prints it and exits 64 (EX_USAGE), or 0 for `--help`.
 pub fn parse_or_exit<T: clap::Parser>() -> T {
