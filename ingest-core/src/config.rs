@@ -547,11 +547,7 @@ impl RuntimeConfig {
     /// Tokio runtime, after [`RuntimeConfig::problems`] was checked; keep the result and shut it
     /// down last, so the final spans are flushed.
     pub fn init_tracing(&self, default_service: &str) -> crate::trace::Telemetry {
-        let log = self.init_logs();
-        self.init_export(default_service).with_log_writer(log)
-    }
-
-    fn init_export(&self, default_service: &str) -> crate::trace::Telemetry {
+        self.init_logs();
         let Some(endpoint) = self.otlp_endpoint() else {
             return crate::trace::Telemetry::default();
         };
@@ -578,9 +574,8 @@ impl RuntimeConfig {
         }
     }
 
-    /// Installs the global tracing subscriber (lines on stderr). The guard is kept by the
-    /// returned telemetry until its shutdown (for a log writer thread; none is used now).
-    fn init_logs(&self) -> LogGuard {
+    /// Installs the global tracing subscriber (lines on stderr).
+    fn init_logs(&self) {
         use tracing_subscriber::{EnvFilter, fmt};
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -595,13 +590,8 @@ impl RuntimeConfig {
             LogFormat::Text => builder.try_init(),
             LogFormat::Json => builder.json().flatten_event(true).try_init(),
         };
-        LogGuard(None)
     }
 }
-
-/// Keeps a log writer thread running, if one is used; dropping it flushes what is buffered.
-#[derive(Debug)]
-pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::WorkerGuard>);
 
 /// Parses a binary's flags; on any error prints it and exits 64 (EX_USAGE), or 0 for `--help`.
 pub fn parse_or_exit<T: clap::Parser>() -> T {

@@ -241,27 +241,15 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Default)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
-    /// The log writer thread's guard: dropped last, after the final spans, so every line
-    /// logged up to the end is written out.
-    log: Option<crate::config::LogGuard>,
 }
 
 impl Telemetry {
-    /// The same telemetry, keeping the log writer running until its shutdown.
-    pub fn with_log_writer(self, log: crate::config::LogGuard) -> Self {
-        Self {
-            log: Some(log),
-            ..self
-        }
-    }
-
     /// Exports what is still buffered and stops the exporter, within a few seconds whatever the
     /// collector does.
     pub async fn shutdown(self) {
         let Some(provider) = self.provider else {
             return;
         };
-        let _log = self.log;
         // The SDK blocks while it flushes; the export itself runs on the runtime's other threads.
         let flushed =
             tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(EXPORT_TIMEOUT))
@@ -317,7 +305,6 @@ pub fn init(settings: &ExportSettings) -> Result<Telemetry, ExportError> {
     }
     Ok(Telemetry {
         provider: Some(provider),
-        log: None,
     })
 }
 
