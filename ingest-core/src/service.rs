@@ -478,42 +478,22 @@ impl IngestService for IngestGrpc {
         &self,
         request: Request<SubmitInboundRequest>,
     ) -> Result<Response<SubmitReply>, Status> {
-        let (mut span, log) = call_spans(&request, "SubmitInbound");
-        let log_events = logs_events(&request);
-        let result = async {
-            let message = request
-                .into_inner()
-                .message
-                .ok_or_else(|| missing("message"))?;
-            self.one(Submitted::Inbound(message), "message.", &span, log_events)
-                .await
-                .map(Response::new)
-        }
-        .instrument(log)
-        .await;
-        finish(&mut span, &result);
-        result
+        self.single(request, "SubmitInbound", |r| {
+            let message = r.message.ok_or_else(|| missing("message"))?;
+            Ok((Submitted::Inbound(message), "message."))
+        })
+        .await
     }
 
     async fn submit_status(
         &self,
         request: Request<SubmitStatusRequest>,
     ) -> Result<Response<SubmitReply>, Status> {
-        let (mut span, log) = call_spans(&request, "SubmitStatus");
-        let log_events = logs_events(&request);
-        let result = async {
-            let status = request
-                .into_inner()
-                .status
-                .ok_or_else(|| missing("status"))?;
-            self.one(Submitted::Status(status), "status.", &span, log_events)
-                .await
-                .map(Response::new)
-        }
-        .instrument(log)
-        .await;
-        finish(&mut span, &result);
-        result
+        self.single(request, "SubmitStatus", |r| {
+            let status = r.status.ok_or_else(|| missing("status"))?;
+            Ok((Submitted::Status(status), "status."))
+        })
+        .await
     }
 
     async fn submit_batch(
@@ -558,6 +538,28 @@ impl IngestService for IngestGrpc {
 }
 
 impl IngestGrpc {
+    /// `SubmitInbound` / `SubmitStatus`: the one event `take` finds in the request (with the
+    /// prefix of its fields in violations), in the call's spans.
+    async fn single<T: Send>(
+        &self,
+        request: Request<T>,
+        method: &'static str,
+        take: impl FnOnce(T) -> Result<(Submitted, &'static str), Status> + Send,
+    ) -> Result<Response<SubmitReply>, Status> {
+        let (mut span, log) = call_spans(&request, method);
+        let log_events = logs_events(&request);
+        let result = async {
+            let (submitted, prefix) = take(request.into_inner())?;
+            self.one(submitted, prefix, &span, log_events)
+                .await
+                .map(Response::new)
+        }
+        .instrument(log)
+        .await;
+        finish(&mut span, &result);
+        result
+    }
+
     /// `SubmitBatch`: validates every event, then publishes them all.
     async fn batch(
         &self,
