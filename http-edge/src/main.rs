@@ -92,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
         security.log(addr);
         let limits = server::Limits::from_config(&cli.core, cli.runtime.grace());
         let services = server::CoreServices::new(pipeline).await;
-        let core = CoreClient::in_process(services.routes(), cli.edge.core_timeout());
+        let core = CoreClient::in_process(&services, cli.edge.core_timeout());
         let stop = stop_core.clone();
         core_task = Some(tokio::spawn(server::serve_secured(
             listener,

@@ -176,6 +176,7 @@ impl Limits {
 #[derive(Debug)]
 pub struct CoreServices {
     routes: tonic::service::Routes,
+    ingest: Arc<IngestGrpc>,
     health: HealthReporter,
     readiness: tokio::task::JoinHandle<()>,
 }
@@ -198,7 +199,8 @@ impl CoreServices {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .expect("embedded descriptor sets are valid");
-        let ingest = IngestServiceServer::new(IngestGrpc::new(pipeline))
+        let grpc = Arc::new(IngestGrpc::new(pipeline));
+        let ingest = IngestServiceServer::from_arc(grpc.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let routes = tonic::service::Routes::new(health_service)
             .add_service(reflection_v1)
@@ -207,6 +209,7 @@ impl CoreServices {
             .prepare();
         Self {
             routes,
+            ingest: grpc,
             health,
             readiness,
         }
@@ -216,6 +219,13 @@ impl CoreServices {
     /// same handlers, health and limits on message size as over the network.
     pub fn routes(&self) -> tonic::service::Routes {
         self.routes.clone()
+    }
+
+    /// The ingest service itself, for a caller in this process that hands it messages as they
+    /// are (no encoding, no body streams): the same handler, spans and status codes as a call
+    /// through [`CoreServices::routes`].
+    pub fn ingest(&self) -> Arc<IngestGrpc> {
+        self.ingest.clone()
     }
 }
 
@@ -245,6 +255,7 @@ pub async fn serve_secured(
         routes,
         health,
         readiness,
+        ..
     } = services;
     let reloader = security.spawn_reloader();
     let draining = Arc::new(Notify::new());

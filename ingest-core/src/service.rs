@@ -411,6 +411,9 @@ impl IngestGrpc {
 /// metadata (the edge's span, or any internal submitter's) or starting a trace, and the log
 /// span that puts its trace id on every line of the call. The published events carry this
 /// span's context, so a consumer's span is a child of the core call that published it.
+///
+/// A caller in this process ([`CallerLogsEvents`]) already has its span around the call, with
+/// the same trace id: the core's lines fall inside that one, and no second log span is opened.
 fn call_spans<T>(request: &Request<T>, method: &'static str) -> (trace::Span, tracing::Span) {
     let metadata = request.metadata();
     let get = |key| metadata.get(key).and_then(|v| v.to_str().ok());
@@ -423,7 +426,11 @@ fn call_spans<T>(request: &Request<T>, method: &'static str) -> (trace::Span, tr
     span.set_attribute("rpc.system", "grpc");
     span.set_attribute("rpc.service", "carrier.ingest.v1.IngestService");
     span.set_attribute("rpc.method", method);
-    let log = tracing::info_span!("rpc", method, trace_id = %span.trace_id());
+    let log = if logs_events(request) {
+        tracing::info_span!("rpc", method, trace_id = %span.trace_id())
+    } else {
+        tracing::Span::none()
+    };
     (span, log)
 }
 
@@ -441,8 +448,9 @@ fn finish<T>(span: &mut trace::Span, result: &Result<Response<T>, Status>) {
 
 /// Put in a call's extensions by a caller in the same process that logs each event itself (the
 /// edge's `webhook accepted` line): the core then skips its own line for accepted and duplicate
-/// events, so one webhook costs one log line. Warnings and errors are logged either way. It
-/// cannot arrive over the network (extensions are not sent).
+/// events, so one webhook costs one log line, and opens no `rpc` log span (its lines are inside
+/// the caller's span). Warnings and errors are logged either way. It cannot arrive over the
+/// network (extensions are not sent).
 #[derive(Debug, Clone, Copy)]
 pub struct CallerLogsEvents;
 

@@ -216,13 +216,17 @@ impl CoreClient {
         Self::connect(url, timeout, dns_refresh, CoreCredentials::default())
     }
 
-    /// A client of the core embedded in this process, calling its gRPC services in place:
-    /// the same handlers, messages, deadlines and status codes as over the network, without the
-    /// loopback TCP connection and HTTP/2 framing (and without credentials: nothing leaves the
-    /// process).
-    pub fn in_process(routes: tonic::service::Routes, timeout: Duration) -> Self {
+    /// A client of the core embedded in this process, calling its ingest handler in place:
+    /// the same handler, messages, deadlines and status codes as over the network, without the
+    /// loopback TCP connection, HTTP/2 framing or protobuf encoding (and without credentials:
+    /// nothing leaves the process). Health checks go through its `services`.
+    pub fn in_process(services: &ingest_core::server::CoreServices, timeout: Duration) -> Self {
         Self {
-            pool: Pool::fixed(vec![Replica::in_process("in-process".to_owned(), routes)]),
+            pool: Pool::fixed(vec![Replica::in_process(
+                "in-process".to_owned(),
+                services.routes(),
+                services.ingest(),
+            )]),
             budget: Arc::new(TpsBudget::new(
                 BUDGET_TTL,
                 BUDGET_MIN_PER_SEC,
@@ -427,8 +431,7 @@ impl CoreClient {
                 request.set_timeout(left);
                 replica.authorize(&mut request);
                 TraceMetadata::apply(trace, &mut request);
-                let mut client = replica.ingest.clone();
-                Ok(client.quarantine(request).await?.into_inner())
+                Ok(replica.ingest.quarantine(request).await?.into_inner())
             }
         })
         .await
@@ -554,7 +557,7 @@ async fn send(
     timeout: Duration,
     trace: Option<&TraceMetadata>,
 ) -> Result<Vec<SubmitReply>, Status> {
-    let mut client = replica.ingest.clone();
+    let client = &replica.ingest;
     Ok(match call {
         Call::Inbound(message) => {
             let request = SubmitInboundRequest {

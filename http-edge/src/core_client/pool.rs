@@ -17,9 +17,14 @@ use std::{
     time::Duration,
 };
 
-use carrier_ingest::v1::ingest_service_client::IngestServiceClient;
+use carrier_ingest::v1::{
+    QuarantineReply, QuarantineRequest, SubmitBatchReply, SubmitBatchRequest, SubmitInboundRequest,
+    SubmitReply, SubmitStatusRequest, ingest_service_client::IngestServiceClient,
+    ingest_service_server::IngestService,
+};
+use ingest_core::service::IngestGrpc;
 use tonic::{
-    Request,
+    Request, Response, Status,
     metadata::{Ascii, MetadataValue},
     transport::Endpoint,
 };
@@ -42,12 +47,48 @@ pub(super) type Transport = BoxCloneSyncService<
     tonic::transport::Error,
 >;
 
+/// How a replica's ingest calls are made.
+#[derive(Clone)]
+pub(super) enum Ingest {
+    /// The generated client over the replica's transport.
+    Remote(IngestServiceClient<Transport>),
+    /// The core in this process: its handler called with the request as it is, without
+    /// encoding it or streaming it through a body (the same handler, spans and status codes).
+    Local(Arc<IngestGrpc>),
+}
+
+/// The ingest calls, each either through the client or straight to the local handler.
+macro_rules! ingest_calls {
+    ($($method:ident($request:ty) -> $reply:ty;)*) => {
+        impl Ingest {
+            $(
+                pub(super) async fn $method(
+                    &self,
+                    request: Request<$request>,
+                ) -> Result<Response<$reply>, Status> {
+                    match self {
+                        Self::Remote(client) => client.clone().$method(request).await,
+                        Self::Local(core) => core.$method(request).await,
+                    }
+                }
+            )*
+        }
+    };
+}
+
+ingest_calls! {
+    submit_inbound(SubmitInboundRequest) -> SubmitReply;
+    submit_status(SubmitStatusRequest) -> SubmitReply;
+    submit_batch(SubmitBatchRequest) -> SubmitBatchReply;
+    quarantine(QuarantineRequest) -> QuarantineReply;
+}
+
 /// One core replica: an address (or URL) and its channel.
 pub(super) struct Replica {
     /// The address or URL, for logs.
     pub(super) name: String,
-    /// The ingest service on this replica's channel.
-    pub(super) ingest: IngestServiceClient<Transport>,
+    /// The ingest service on this replica's channel, or in this process.
+    pub(super) ingest: Ingest,
     /// The core embedded in this process: it leaves logging each event to the edge.
     pub(super) in_process: bool,
     health: HealthClient<Transport>,
@@ -89,29 +130,39 @@ impl Replica {
         token: Option<MetadataValue<Ascii>>,
     ) -> Arc<Self> {
         let channel = BoxCloneSyncService::new(endpoint.connect_lazy());
-        Self::over(name, channel, false, token)
+        let ingest = Ingest::Remote(IngestServiceClient::new(channel.clone()));
+        Self::over(name, channel, ingest, token)
     }
 
-    /// The core running in this process, reached through its services directly (no
-    /// credentials: nothing leaves the process).
-    pub(super) fn in_process(name: String, routes: tonic::service::Routes) -> Arc<Self> {
+    /// The core running in this process: its ingest handler called directly, health through
+    /// its services (no credentials: nothing leaves the process).
+    pub(super) fn in_process(
+        name: String,
+        routes: tonic::service::Routes,
+        ingest: Arc<IngestGrpc>,
+    ) -> Arc<Self> {
         let routes = ServiceExt::<http::Request<tonic::body::Body>>::map_err(
             routes,
             |never: std::convert::Infallible| -> tonic::transport::Error { match never {} },
         );
-        Self::over(name, BoxCloneSyncService::new(routes), true, None)
+        Self::over(
+            name,
+            BoxCloneSyncService::new(routes),
+            Ingest::Local(ingest),
+            None,
+        )
     }
 
     fn over(
         name: String,
         transport: Transport,
-        in_process: bool,
+        ingest: Ingest,
         token: Option<MetadataValue<Ascii>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             name,
-            ingest: IngestServiceClient::new(transport.clone()),
-            in_process,
+            in_process: matches!(ingest, Ingest::Local(_)),
+            ingest,
             health: HealthClient::new(transport),
             token,
             state: Mutex::new(State::default()),
