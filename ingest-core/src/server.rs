@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// Largest accepted gRPC message.
-const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// How long a claim may be held before another caller may take it over: in memory (one process,
 /// so its holder cannot die alone) and, in Redis, the longest a live holder keeps renewing one.
 const CLAIM_LEASE: Duration = Duration::from_secs(30);

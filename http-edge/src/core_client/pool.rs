@@ -22,7 +22,7 @@ use carrier_ingest::v1::{
     SubmitReply, SubmitStatusRequest, ingest_service_client::IngestServiceClient,
     ingest_service_server::IngestService,
 };
-use ingest_core::service::IngestGrpc;
+use ingest_core::{server::MAX_MESSAGE_BYTES, service::IngestGrpc};
 use tonic::{
     Request, Response, Status,
     metadata::{Ascii, MetadataValue},
@@ -68,7 +68,17 @@ macro_rules! ingest_calls {
                 ) -> Result<Response<$reply>, Status> {
                     match self {
                         Self::Remote(client) => client.clone().$method(request).await,
-                        Self::Local(core) => core.$method(request).await,
+                        Self::Local(core) => {
+                            // The limit the core's gRPC server puts on a decoded message.
+                            let len = prost::Message::encoded_len(request.get_ref());
+                            if len > MAX_MESSAGE_BYTES {
+                                return Err(Status::out_of_range(format!(
+                                    "message length too large: found {len} bytes, \
+                                     the limit is {MAX_MESSAGE_BYTES} bytes"
+                                )));
+                            }
+                            core.$method(request).await
+                        }
                     }
                 }
             )*

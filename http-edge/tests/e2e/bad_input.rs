@@ -243,3 +243,27 @@ async fn a_hundred_event_invalid_bandwidth_batch_is_400_with_a_bounded_body() {
         "nothing of a rejected batch is taken"
     );
 }
+
+/// The embedded core is called in place, and still refuses an event larger than its gRPC
+/// server would decode (4 MiB), as a core over the network does: a 400, nothing published.
+#[tokio::test]
+async fn an_event_larger_than_the_cores_message_limit_is_400_in_place_too() {
+    let edge = Edge::start(
+        &["--insecure-skip-verify", "--body-limit-bytes", "6000000"],
+        &[],
+    )
+    .await;
+    let body = format!(
+        r#"[{{"type":"message-received","time":"2024-01-15T10:30:00.000Z","to":"+15551234567",
+        "message":{{"id":"msg-huge","owner":"+15551234567","direction":"in",
+        "to":["+15551234567"],"from":"+15559876543","text":"{}","media":[]}}}}]"#,
+        "a".repeat(4_500_000)
+    );
+    let r = edge
+        .post("/bandwidth/15551234567", "application/json", body, &[])
+        .await;
+    let (status, reply) = json_reply(r).await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["success"], false);
+    assert_eq!(edge.spooled_count(), 0, "nothing published");
+}
