@@ -10,7 +10,8 @@
 #    far above wrk's rate: wrk is one client), default log level: wrk -t1 -cN, its rate, p50/p99;
 # and the round's ratio (the machine is shared: the median of the rounds' ratios is the figure).
 # 3. then the edge paced at half its median rate: p50/p99;
-# then every 200 must be in the spool exactly once, and the peak RSS of the edge is printed.
+# then every 200 must be in the spool exactly once, and the peak RSS of the edge is printed, with
+# the edge's CPU time (user + system) per webhook in each run.
 # EDGE_BIN=path measures another build of http-edge (a before/after comparison).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -22,6 +23,8 @@ cargo build --release --locked -p http-edge --bin http-edge --example bare_axum 
 script=http-edge/benches/bandwidth.lua
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 field() { sed -n "s/.*RESULT.* $1=\([0-9.]*\).*/\1/p" "$2"; }
+# CPU time (user + system) of a process so far, in /proc's ticks (100 per second).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 wait_ready() { for _ in $(seq 200); do curl -sf "$1" >/dev/null && return 0; sleep 0.05; done; echo "not ready: $1"; exit 1; }
 work=$(mktemp -d)
 pids=()
@@ -44,7 +47,9 @@ wait_ready "http://127.0.0.1:$http/readyz"
 runs=()
 for r in $(seq "$rounds"); do
     WRK_RUN=bare$r wrk -t1 -c"$connections" -d"${seconds}s" -s $script "http://127.0.0.1:$bare" >"$work/bare$r.txt"
+    before=$(cpu_ticks $edge_pid)
     WRK_RUN=full$r wrk -t1 -c"$connections" -d"${seconds}s" -s $script "http://127.0.0.1:$http" >"$work/path$r.txt"
+    echo "$before $(cpu_ticks $edge_pid)" >"$work/path$r.cpu"
     runs+=("path$r")
 done
 bare_rss=$(awk '/VmHWM/ {print $2}' /proc/$bare_pid/status)
@@ -53,7 +58,9 @@ path_rate=$(for r in $(seq "$rounds"); do field rate "$work/path$r.txt"; done | 
 
 # 3. The same at half that rate.
 half=$(python3 -c "print(int(float('$path_rate') / 2))")
+before=$(cpu_ticks $edge_pid)
 WRK_RUN=half WRK_RATE=$half wrk -t1 -c"$connections" -d"${seconds}s" -s $script "http://127.0.0.1:$http" >"$work/half.txt"
+echo "$before $(cpu_ticks $edge_pid)" >"$work/half.cpu"
 edge_rss=$(awk '/VmHWM/ {print $2}' /proc/$edge_pid/status)
 kill -TERM $edge_pid; wait $edge_pid || true
 
@@ -82,15 +89,19 @@ work, bare_rss, edge_rss, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3
 def res(name):
     line = next(l for l in open(f"{work}/{name}.txt") if l.startswith("RESULT"))
     return {k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)", line)}
+def cpu_us(name, requests):
+    before, after = map(int, open(f"{work}/{name}.cpu").read().split())
+    return (after - before) * 10_000 / max(requests, 1)
 ratios = []
 for r in range(1, rounds + 1):
     b, p = res(f"bare{r}"), res(f"path{r}")
     ratios.append(p["rate"] / b["rate"])
     print(f"round {r}: bare axum {b['rate']:>8,.0f} req/s (p50 {b['p50_ms']:.2f}, p99 {b['p99_ms']:.2f} ms)"
-          f"   whole path {p['rate']:>8,.0f} req/s (p50 {p['p50_ms']:.2f}, p99 {p['p99_ms']:.2f} ms)"
-          f"   ratio {ratios[-1]:.3f}")
+          f"   whole path {p['rate']:>8,.0f} req/s (p50 {p['p50_ms']:.2f}, p99 {p['p99_ms']:.2f} ms,"
+          f" edge CPU {cpu_us(f'path{r}', p['requests']):.0f} µs/webhook)   ratio {ratios[-1]:.3f}")
 h = res("half")
-print(f"whole path paced at half its median rate: {h['rate']:,.0f} req/s  p50 {h['p50_ms']:.2f} ms  p99 {h['p99_ms']:.2f} ms")
+print(f"whole path paced at half its median rate: {h['rate']:,.0f} req/s  p50 {h['p50_ms']:.2f} ms  p99 {h['p99_ms']:.2f} ms"
+      f"  edge CPU {cpu_us('half', h['requests']):.0f} µs/webhook")
 print(f"ratio (whole path / bare), median of {rounds} rounds = {statistics.median(ratios):.3f}"
       f"   peak RSS: edge {edge_rss // 1024} MiB, bare {bare_rss // 1024} MiB")
 PY

@@ -34,6 +34,24 @@ fn arg(n: usize, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// CPU time (user + system) that process `pid` (or `self`) has used, in microseconds. `/proc`
+/// counts it in USER_HZ ticks, 100 per second on Linux.
+fn cpu_us(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    (ticks(11) + ticks(12)) * 10_000
+}
+
 /// Kills the child when the bench ends, however it ends.
 struct Reaped(Child);
 
@@ -143,6 +161,12 @@ async fn main() {
     wait_ready(&format!("http://127.0.0.1:{http}/readyz")).await;
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/bandwidth.lua");
+    let pids = [
+        edge.0.id().to_string(),
+        core.0.id().to_string(),
+        "self".to_owned(),
+    ];
+    let cpu_before: Vec<u64> = pids.iter().map(|p| cpu_us(p)).collect();
     let wrk = tokio::process::Command::new("wrk")
         .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
         .args(["-s", script, &format!("http://127.0.0.1:{http}")])
@@ -154,6 +178,11 @@ async fn main() {
     let (requests, non200) = (result(&wrk, "requests"), result(&wrk, "non200"));
     let acked = (requests - non200) as usize;
 
+    let cpu: Vec<u64> = pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|(p, before)| cpu_us(p).saturating_sub(*before))
+        .collect();
     // Calls still in flight when wrk stopped finish within the latency.
     tokio::time::sleep(Duration::from_millis(500 + 4 * latency_ms)).await;
     let accepted = fake.accepted();
@@ -174,6 +203,14 @@ async fn main() {
         "  on the queue: {events} events, {twice} delivered twice; {calls} SendMessageBatch calls \
          = {:.4} calls/event",
         calls as f64 / events.max(1) as f64
+    );
+    let per_event = |us: u64| us as f64 / requests.max(1.0);
+    println!(
+        "  CPU per event while wrk ran: http-edge {:.0} µs, ingest-core {:.0} µs, \
+         the SQS stand-in (this bench process) {:.0} µs",
+        per_event(cpu[0]),
+        per_event(cpu[1]),
+        per_event(cpu[2]),
     );
     println!(
         "  peak RSS: http-edge {} MiB, ingest-core {} MiB",
