@@ -85,7 +85,7 @@ async fn main() {
     let o = options();
     let fake = FakeSqs::start(Behaviour {
         latency: Duration::from_millis(o.latency_ms),
-        fail_odd_first_attempts: false,
+        ..Behaviour::default()
     })
     .await;
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())

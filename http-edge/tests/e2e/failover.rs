@@ -1,91 +1,37 @@
 //! Failover across core replicas: two real ingest-core processes (on 127.0.0.2 and 127.0.0.3,
-//! one port, like two pods behind a headless Service) sharing Redis dedupe and moto's SQS, one
-//! real edge listing both, and one core SIGKILLed mid-run and started again.
+//! one port, like two pods behind a headless Service) sharing Redis dedupe and a FIFO queue on
+//! the SQS-compatible fake (moto stalled for seconds under the load of parallel tests, which
+//! made this time-critical test fail for reasons that were not failover), one real edge listing
+//! both, and one core SIGKILLed mid-run and started again.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use aws_sdk_sqs::types::QueueAttributeName;
-
 use crate::{
+    fake_sqs::{Behaviour, FakeSqs},
     harness::Edge,
     servers::{Server, free_port},
     two_cores::{CoreProcess, Plan, send_through_a_kill},
 };
 
-async fn sqs(moto: &Server) -> aws_sdk_sqs::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(format!("http://{}", moto.addr()))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .load()
-        .await;
-    aws_sdk_sqs::Client::new(&config)
-}
-
-/// Receives and deletes every message on `queue`; how many times each event id came.
-async fn drain_ids(client: &aws_sdk_sqs::Client, queue: &str) -> HashMap<String, usize> {
-    let mut ids = HashMap::new();
-    let mut empty_rounds = 0;
-    while empty_rounds < 3 {
-        let reply = client
-            .receive_message()
-            .queue_url(queue)
-            .max_number_of_messages(10)
-            .visibility_timeout(60)
-            .send()
-            .await
-            .expect("receive_message");
-        let messages = reply.messages();
-        if messages.is_empty() {
-            empty_rounds += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        empty_rounds = 0;
-        for m in messages {
-            let body: serde_json::Value =
-                serde_json::from_str(m.body().expect("body")).expect("JSON body");
-            let id = body["eventId"].as_str().expect("eventId").to_owned();
-            *ids.entry(id).or_default() += 1;
-            client
-                .delete_message()
-                .queue_url(queue)
-                .receipt_handle(m.receipt_handle().expect("receipt handle"))
-                .send()
-                .await
-                .expect("delete_message");
-        }
-    }
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_core_sigkilled_mid_run_refuses_nothing_and_loses_or_doubles_nothing() {
-    let moto = Server::moto();
     let redis = Server::redis();
-    let client = sqs(&moto).await;
     // FIFO, as in production: the event id is the MessageDeduplicationId, which absorbs the
     // one copy a core can publish twice (killed after SQS took the event, before the dedupe
     // commit). Redis dedupe and the edge's failover are what must keep everything else once.
-    let name = format!("failover-{}.fifo", free_port());
-    let queue = client
-        .create_queue()
-        .queue_name(&name)
-        .attributes(QueueAttributeName::FifoQueue, "true")
-        .send()
-        .await
-        .expect("create queue")
-        .queue_url
-        .expect("queue url");
+    let sqs = FakeSqs::start(Behaviour {
+        latency: Duration::from_millis(5),
+        fifo_dedupe: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let queue = sqs.queue_url(&format!("failover-{}.fifo", free_port()));
     let redis_url = format!("redis://{}", redis.addr());
     let prefix = format!("failover-{}:", free_port());
-    let endpoint = format!("http://{}", moto.addr());
+    let endpoint = format!("http://{}", sqs.addr);
     let args = [
         "--publisher=sqs",
         "--inbound-queue",
@@ -124,8 +70,7 @@ async fn a_core_sigkilled_mid_run_refuses_nothing_and_loses_or_doubles_nothing()
     assert_eq!(ready.status(), 200, "both cores serve");
 
     let plan = Plan {
-        // moto takes ~50 SendMessageBatch calls a second and slows as a queue fills: a pace it
-        // keeps up with, so every latency seen is the failover's.
+        // A steady pace, so every latency seen is the failover's.
         events: 300,
         concurrency: 16,
         rate_per_sec: 25.0,
@@ -156,7 +101,7 @@ async fn a_core_sigkilled_mid_run_refuses_nothing_and_loses_or_doubles_nothing()
         logs()
     );
 
-    let on_sqs = drain_ids(&client, &queue).await;
+    let on_sqs = sqs.accepted();
     let acknowledged = run.acknowledged();
     assert_eq!(acknowledged.len(), plan.events);
     let missing: Vec<&String> = acknowledged
@@ -167,7 +112,7 @@ async fn a_core_sigkilled_mid_run_refuses_nothing_and_loses_or_doubles_nothing()
         missing.is_empty(),
         "acknowledged but not on SQS: {missing:?}"
     );
-    let doubled: Vec<(&String, &usize)> = on_sqs.iter().filter(|(_, n)| **n > 1).collect();
+    let doubled: Vec<(&String, &u32)> = on_sqs.iter().filter(|(_, n)| **n > 1).collect();
     assert!(doubled.is_empty(), "on SQS more than once: {doubled:?}");
     assert_eq!(on_sqs.len(), plan.events, "nothing else on the queue");
 

@@ -1,6 +1,7 @@
 //! A tiny SQS-compatible endpoint (JSON 1.0 protocol) for what moto cannot do: a fixed
-//! latency for the benchmark, per-entry failures for the retry test, and an outage on command
-//! (every call answered HTTP 500 `InternalError`) for the store-and-forward tests. It answers
+//! latency for the benchmark, per-entry failures for the retry test, an outage on command
+//! (every call answered HTTP 500 `InternalError`) for the store-and-forward tests, and a steady
+//! answer under load (FIFO deduplication on request) for the failover test. It answers
 //! `SendMessageBatch` and `GetQueueAttributes`, and records what it accepted.
 //!
 //! Shared by the `backends` tests and the `sqs_publish` bench (`#[path]` include).
@@ -32,6 +33,11 @@ pub(crate) struct Behaviour {
     pub(crate) latency: Duration,
     /// Fail (retryably, as a server fault) the first attempt of every entry at an odd index.
     pub(crate) fail_odd_first_attempts: bool,
+    /// Behave like a FIFO queue for entries with a `MessageDeduplicationId`: one whose id the
+    /// queue took before is answered as sent and not kept again (SQS does this for 5 minutes;
+    /// here for the fake's life). Off, every accepted entry counts, which is what tests that
+    /// prove a publisher never sends twice need.
+    pub(crate) fifo_dedupe: bool,
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +48,8 @@ struct Seen {
     entries: HashMap<String, Value>,
     /// Event ids whose entry failed once already.
     failed_once: HashMap<String, u32>,
+    /// (queue URL, `MessageDeduplicationId`) of the entries kept, with `fifo_dedupe`.
+    deduplication_ids: std::collections::HashSet<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -171,6 +179,7 @@ async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
 
 fn send_message_batch(fake: &Fake, request: &Value) -> Value {
     let entries = request["Entries"].as_array().cloned().unwrap_or_default();
+    let queue = request["QueueUrl"].as_str().unwrap_or_default();
     let mut successful = Vec::new();
     let mut failed = Vec::new();
     let mut seen = fake.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -204,6 +213,19 @@ fn send_message_batch(fake: &Fake, request: &Value) -> Value {
                 "Message": "try again"}),
             );
             fake.entries_failed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let repeated = fake.behaviour.fifo_dedupe
+            && entry["MessageDeduplicationId"]
+                .as_str()
+                .is_some_and(|dedup| {
+                    !seen
+                        .deduplication_ids
+                        .insert((queue.to_owned(), dedup.to_owned()))
+                });
+        if repeated {
+            successful.push(json!({"Id": id, "MessageId": format!("m-{index}"),
+                "MD5OfMessageBody": "00000000000000000000000000000000"}));
             continue;
         }
         *seen.accepted.entry(event_id.clone()).or_default() += 1;

@@ -44,6 +44,7 @@ async fn partially_failed_batches_retry_only_the_failed_entries() {
     let fake = FakeSqs::start(Behaviour {
         latency: Duration::from_millis(5),
         fail_odd_first_attempts: true,
+        ..Behaviour::default()
     })
     .await;
     let queue = fake.queue_url("retry");
