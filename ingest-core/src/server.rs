@@ -20,7 +20,20 @@ use crate::{
 };
 
 /// Largest accepted gRPC message.
-pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The limit the core's gRPC server puts on a decoded message, for a caller in this process that
+/// hands the ingest service a message without encoding it ([`CoreServices::ingest`]):
+/// `OUT_OF_RANGE` past it, as over the network.
+pub fn check_message_size(message: &impl prost::Message) -> Result<(), tonic::Status> {
+    let len = message.encoded_len();
+    if len > MAX_MESSAGE_BYTES {
+        return Err(tonic::Status::out_of_range(format!(
+            "message length too large: found {len} bytes, the limit is {MAX_MESSAGE_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
 /// How long a claim may be held before another caller may take it over: in memory (one process,
 /// so its holder cannot die alone) and, in Redis, the longest a live holder keeps renewing one.
 const CLAIM_LEASE: Duration = Duration::from_secs(30);
@@ -223,7 +236,7 @@ impl CoreServices {
 
     /// The ingest service itself, for a caller in this process that hands it messages as they
     /// are (no encoding, no body streams): the same handler, spans and status codes as a call
-    /// through [`CoreServices::routes`].
+    /// through [`CoreServices::routes`], once the caller has applied [`check_message_size`].
     pub fn ingest(&self) -> Arc<IngestGrpc> {
         self.ingest.clone()
     }

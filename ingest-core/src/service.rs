@@ -412,9 +412,14 @@ impl IngestGrpc {
 /// span that puts its trace id on every line of the call. The published events carry this
 /// span's context, so a consumer's span is a child of the core call that published it.
 ///
-/// A caller in this process ([`CallerLogsEvents`]) already has its span around the call, with
-/// the same trace id: the core's lines fall inside that one, and no second log span is opened.
-fn call_spans<T>(request: &Request<T>, method: &'static str) -> (trace::Span, tracing::Span) {
+/// A caller in this process that logs the events itself (`log_events` false, see
+/// [`CallerLogsEvents`]) already has its span around the call, with the same trace id: the
+/// core's lines fall inside that one, and no second log span is opened.
+fn call_spans<T>(
+    request: &Request<T>,
+    method: &'static str,
+    log_events: bool,
+) -> (trace::Span, tracing::Span) {
     let metadata = request.metadata();
     let get = |key| metadata.get(key).and_then(|v| v.to_str().ok());
     let parent = trace::parse(get(TRACEPARENT), get(TRACESTATE));
@@ -426,7 +431,7 @@ fn call_spans<T>(request: &Request<T>, method: &'static str) -> (trace::Span, tr
     span.set_attribute("rpc.system", "grpc");
     span.set_attribute("rpc.service", "carrier.ingest.v1.IngestService");
     span.set_attribute("rpc.method", method);
-    let log = if logs_events(request) {
+    let log = if log_events {
         tracing::info_span!("rpc", method, trace_id = %span.trace_id())
     } else {
         tracing::Span::none()
@@ -508,8 +513,8 @@ impl IngestService for IngestGrpc {
         &self,
         request: Request<SubmitBatchRequest>,
     ) -> Result<Response<SubmitBatchReply>, Status> {
-        let (mut span, log) = call_spans(&request, "SubmitBatch");
         let log_events = logs_events(&request);
+        let (mut span, log) = call_spans(&request, "SubmitBatch", log_events);
         let result = self
             .batch(request.into_inner().events, &span, log_events)
             .instrument(log)
@@ -522,7 +527,7 @@ impl IngestService for IngestGrpc {
         &self,
         request: Request<QuarantineRequest>,
     ) -> Result<Response<QuarantineReply>, Status> {
-        let (mut span, log) = call_spans(&request, "Quarantine");
+        let (mut span, log) = call_spans(&request, "Quarantine", logs_events(&request));
         let result = async {
             let record = request
                 .into_inner()
@@ -554,8 +559,8 @@ impl IngestGrpc {
         method: &'static str,
         take: impl FnOnce(T) -> Result<(Submitted, &'static str), Status> + Send,
     ) -> Result<Response<SubmitReply>, Status> {
-        let (mut span, log) = call_spans(&request, method);
         let log_events = logs_events(&request);
+        let (mut span, log) = call_spans(&request, method, log_events);
         let result = async {
             let (submitted, prefix) = take(request.into_inner())?;
             self.one(submitted, prefix, &span, log_events)

@@ -425,12 +425,10 @@ impl CoreClient {
         self.with_failover(|replica, left| {
             let record = record.clone();
             async move {
-                let mut request = Request::new(QuarantineRequest {
+                let request = QuarantineRequest {
                     record: Some(record),
-                });
-                request.set_timeout(left);
-                replica.authorize(&mut request);
-                TraceMetadata::apply(trace, &mut request);
+                };
+                let request = call_request(request, left, &replica, trace);
                 Ok(replica.ingest.quarantine(request).await?.into_inner())
             }
         })
@@ -541,12 +539,6 @@ fn call_request<T>(
     request.set_timeout(timeout);
     replica.authorize(&mut request);
     TraceMetadata::apply(trace, &mut request);
-    if replica.in_process {
-        // The edge's `webhook accepted` line covers these events: one line per webhook.
-        request
-            .extensions_mut()
-            .insert(ingest_core::service::CallerLogsEvents);
-    }
     request
 }
 

@@ -22,7 +22,10 @@ use carrier_ingest::v1::{
     SubmitReply, SubmitStatusRequest, ingest_service_client::IngestServiceClient,
     ingest_service_server::IngestService,
 };
-use ingest_core::{server::MAX_MESSAGE_BYTES, service::IngestGrpc};
+use ingest_core::{
+    server::check_message_size,
+    service::{CallerLogsEvents, IngestGrpc},
+};
 use tonic::{
     Request, Response, Status,
     metadata::{Ascii, MetadataValue},
@@ -54,6 +57,7 @@ pub(super) enum Ingest {
     Remote(IngestServiceClient<Transport>),
     /// The core in this process: its handler called with the request as it is, without
     /// encoding it or streaming it through a body (the same handler, spans and status codes).
+    /// The call carries [`CallerLogsEvents`]: the edge's own line covers its events.
     Local(Arc<IngestGrpc>),
 }
 
@@ -64,19 +68,13 @@ macro_rules! ingest_calls {
             $(
                 pub(super) async fn $method(
                     &self,
-                    request: Request<$request>,
+                    mut request: Request<$request>,
                 ) -> Result<Response<$reply>, Status> {
                     match self {
                         Self::Remote(client) => client.clone().$method(request).await,
                         Self::Local(core) => {
-                            // The limit the core's gRPC server puts on a decoded message.
-                            let len = prost::Message::encoded_len(request.get_ref());
-                            if len > MAX_MESSAGE_BYTES {
-                                return Err(Status::out_of_range(format!(
-                                    "message length too large: found {len} bytes, \
-                                     the limit is {MAX_MESSAGE_BYTES} bytes"
-                                )));
-                            }
+                            check_message_size(request.get_ref())?;
+                            request.extensions_mut().insert(CallerLogsEvents);
                             core.$method(request).await
                         }
                     }
@@ -99,8 +97,6 @@ pub(super) struct Replica {
     pub(super) name: String,
     /// The ingest service on this replica's channel, or in this process.
     pub(super) ingest: Ingest,
-    /// The core embedded in this process: it leaves logging each event to the edge.
-    pub(super) in_process: bool,
     health: HealthClient<Transport>,
     /// `Bearer <token>` for every call, health checks included.
     token: Option<MetadataValue<Ascii>>,
@@ -171,7 +167,6 @@ impl Replica {
     ) -> Arc<Self> {
         Arc::new(Self {
             name,
-            in_process: matches!(ingest, Ingest::Local(_)),
             ingest,
             health: HealthClient::new(transport),
             token,

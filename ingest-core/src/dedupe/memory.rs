@@ -133,11 +133,14 @@ impl MemoryDedupe {
         };
         let key = Key::new(key);
         let mut inner = self.lock();
-        if inner.pending.get(&key).is_none_or(|p| p.token != token) {
-            return;
-        }
-        let Some(pending) = inner.pending.remove(&key) else {
-            return;
+        let pending = match inner.pending.remove(&key) {
+            Some(p) if p.token == token => p,
+            // Another caller's claim (this one's lease lapsed and was taken over): it stays.
+            Some(other) => {
+                inner.pending.insert(key, other);
+                return;
+            }
+            None => return,
         };
         if commit {
             let expires = self.ms(Instant::now() + self.ttl);

@@ -7,7 +7,7 @@
 //! Shared by the `backends` tests and the `sqs_publish` bench (`#[path]` include).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -49,7 +49,7 @@ struct Seen {
     /// Event ids whose entry failed once already.
     failed_once: HashMap<String, u32>,
     /// (queue URL, `MessageDeduplicationId`) of the entries kept, with `fifo_dedupe`.
-    deduplication_ids: std::collections::HashSet<(String, String)>,
+    deduplication_ids: HashSet<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -215,6 +215,7 @@ fn send_message_batch(fake: &Fake, request: &Value) -> Value {
             fake.entries_failed.fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        // A FIFO queue answers a repeated deduplication id as sent, and keeps nothing new.
         let repeated = fake.behaviour.fifo_dedupe
             && entry["MessageDeduplicationId"]
                 .as_str()
@@ -223,13 +224,10 @@ fn send_message_batch(fake: &Fake, request: &Value) -> Value {
                         .deduplication_ids
                         .insert((queue.to_owned(), dedup.to_owned()))
                 });
-        if repeated {
-            successful.push(json!({"Id": id, "MessageId": format!("m-{index}"),
-                "MD5OfMessageBody": "00000000000000000000000000000000"}));
-            continue;
+        if !repeated {
+            *seen.accepted.entry(event_id.clone()).or_default() += 1;
+            seen.entries.insert(event_id, entry.clone());
         }
-        *seen.accepted.entry(event_id.clone()).or_default() += 1;
-        seen.entries.insert(event_id, entry.clone());
         successful.push(json!({"Id": id, "MessageId": format!("m-{index}"),
             "MD5OfMessageBody": "00000000000000000000000000000000"}));
     }
