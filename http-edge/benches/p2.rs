@@ -6,6 +6,8 @@
 //!
 //! `bash http-edge/benches/p2.sh [SECONDS=10] [CONNECTIONS=128] [SQS_LATENCY_MS=20]`, which
 //! builds the core and hands it to this bench (`cargo bench` holds the build lock).
+//! `EDGE_BIN` and `INGEST_CORE_BIN` point it at other builds (before/after comparisons);
+//! `P2_CORE_ARGS` adds flags to the core (e.g. `--sqs-linger-ms 1`).
 
 #[path = "../../ingest-core/tests/backends/fake_sqs.rs"]
 #[allow(dead_code)]
@@ -17,6 +19,11 @@ use std::{
 };
 
 use fake_sqs::{Behaviour, FakeSqs};
+
+// The SQS stand-in runs in this process, on the machine being measured: the allocator the
+// binaries use keeps its share small.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -112,6 +119,7 @@ async fn main() {
     let core_bin = std::env::var("INGEST_CORE_BIN").expect("INGEST_CORE_BIN (run benches/p2.sh)");
     let fake = FakeSqs::start(Behaviour {
         latency: Duration::from_millis(latency_ms),
+        forget_entries: true,
         ..Default::default()
     })
     .await;
@@ -127,6 +135,11 @@ async fn main() {
             .arg("--data-dir")
             .arg(data.path().join("core"))
             .args(["--publisher", "sqs"])
+            .args(
+                std::env::var("P2_CORE_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .args(["--inbound-queue", &queue, "--status-queue", &queue])
             .args(["--quarantine-queue", &queue])
             .env_clear()
@@ -139,8 +152,11 @@ async fn main() {
             .spawn()
             .expect("start ingest-core"),
     );
+    // EDGE_BIN measures another build of the edge (a before/after comparison), as in p1.sh.
+    let edge_bin =
+        std::env::var("EDGE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_http-edge").into());
     let edge = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_http-edge"))
+        Command::new(edge_bin)
             .args(["--core-url", &format!("http://127.0.0.1:{grpc}")])
             .args(["--bandwidth-basic-auth", "bench:bench"])
             // wrk is one client: the per-client limit stays on, far above its rate.
