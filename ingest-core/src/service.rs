@@ -221,13 +221,10 @@ impl Pipeline {
         log_events: bool,
     ) -> Result<SubmitReply, IngestError> {
         let this = self.clone();
-        let span = tracing::info_span!(
-            "ingest",
-            carrier = event::carrier_name(event.carrier),
-            kind = event.kind.as_str(),
-            carrier_message_id = %event.carrier_message_id,
-            event_id = %event.event_id,
-        );
+        // The task stays in the caller's span (the `rpc` span, or the edge's `request` span in
+        // place). The event's own lines name it themselves: a span per event cost more (it is
+        // formatted, stored and closed for every event) than the few lines that need it.
+        let span = tracing::Span::current();
         tokio::spawn(async move { this.process(event, trace, log_events).await }.instrument(span))
             .await
             .map_err(|e| {
@@ -256,12 +253,23 @@ impl Pipeline {
         let queue = self.routes.queue(event.carrier, event.kind);
         let status = event::status_name(event.status);
         let event_id = event.event_id.clone();
+        let carrier_message_id = event.carrier_message_id.clone();
         let mut outbound = event.into_outbound();
         trace.add_to(&mut outbound.attributes);
-        match self.publish_once(&event_id, queue, &outbound).await {
+        match self
+            .publish_once(&event_id, Some(&carrier_message_id), queue, &outbound)
+            .await
+        {
             Ok(Outcome::Duplicate) => {
                 if log_events {
-                    tracing::info!(outcome = "duplicate", "event already published");
+                    tracing::info!(
+                        outcome = "duplicate",
+                        carrier,
+                        kind = kind.as_str(),
+                        %carrier_message_id,
+                        %event_id,
+                        "event already published"
+                    );
                 }
                 count("duplicate");
                 Ok(reply(event_id, Outcome::Duplicate))
@@ -269,7 +277,15 @@ impl Pipeline {
             Ok(outcome) => {
                 count("accepted");
                 if log_events {
-                    tracing::info!(outcome = "accepted", status, "event published");
+                    tracing::info!(
+                        outcome = "accepted",
+                        status,
+                        carrier,
+                        kind = kind.as_str(),
+                        %carrier_message_id,
+                        %event_id,
+                        "event published"
+                    );
                 }
                 Ok(reply(event_id, outcome))
             }
@@ -282,9 +298,11 @@ impl Pipeline {
 
     /// Claim → publish → commit for one message with dedupe id `id`: `Duplicate` if it was
     /// published before, `Accepted` once it is durable; a failed publish releases the claim.
+    /// Its warnings and errors name `id` (logged as `event_id`) and the carrier's message id.
     async fn publish_once(
         &self,
         id: &str,
+        carrier_message_id: Option<&str>,
         queue: &str,
         outbound: &OutboundEvent,
     ) -> Result<Outcome, IngestError> {
@@ -292,7 +310,7 @@ impl Pipeline {
             Ok(Claim::Duplicate) => return Ok(Outcome::Duplicate),
             Ok(Claim::Acquired(token)) => token,
             Err(error) => {
-                tracing::error!(%error, "dedupe claim failed");
+                tracing::error!(%error, carrier_message_id, event_id = id, "dedupe claim failed");
                 return Err(error.into());
             }
         };
@@ -309,14 +327,14 @@ impl Pipeline {
                 if let Err(error) = self.dedupe.commit(id, &token).await {
                     // The message is durable; a retry may publish it again, which consumers
                     // absorb by id. Failing the call now would only cause that retry.
-                    tracing::warn!(%error, "dedupe commit failed after publish");
+                    tracing::warn!(%error, carrier_message_id, event_id = id, "dedupe commit failed after publish");
                 }
                 Ok(Outcome::Accepted)
             }
             Err(error) => {
-                tracing::error!(%error, queue = %crate::publish::queue_name(queue), "publish failed");
+                tracing::error!(%error, queue = %crate::publish::queue_name(queue), carrier_message_id, event_id = id, "publish failed");
                 if let Err(release) = self.dedupe.release(id, &token).await {
-                    tracing::warn!(error = %release, "dedupe release failed; claim will lapse");
+                    tracing::warn!(error = %release, carrier_message_id, event_id = id, "dedupe release failed; claim will lapse");
                 }
                 Err(error.into())
             }
@@ -343,7 +361,7 @@ impl Pipeline {
                 let mut outbound = entry.to_outbound();
                 trace.add_to(&mut outbound.attributes);
                 let outcome = this
-                    .publish_once(&outbound.event_id, &this.routes.quarantine, &outbound)
+                    .publish_once(&outbound.event_id, None, &this.routes.quarantine, &outbound)
                     .await?;
                 if outcome == Outcome::Accepted {
                     metrics::CORE
