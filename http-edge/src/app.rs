@@ -15,8 +15,11 @@ use axum::{
     BoxError, Json, Router,
     body::Bytes,
     error_handling::HandleErrorLayer,
-    extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, State, rejection::BytesRejection},
-    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri},
+    extract::{
+        ConnectInfo, DefaultBodyLimit, Extension, FromRequest, Path, Request, State,
+        rejection::BytesRejection,
+    },
+    http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -260,18 +263,14 @@ async fn preflight(inteliquent: bool) -> Response {
     (StatusCode::OK, headers).into_response()
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn bandwidth(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(span): Extension<EdgeSpan>,
     Path(destination): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
-    let incoming = incoming(method, uri, headers, body, peer, Some(destination));
+    let incoming = incoming(request, peer, Some(destination)).await;
     handle::<Bandwidth>(&state, incoming, &span).await
 }
 
@@ -279,30 +278,33 @@ async fn webhook<W: Webhook>(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(span): Extension<EdgeSpan>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
-    let incoming = incoming(method, uri, headers, body, peer, None);
+    let incoming = incoming(request, peer, None).await;
     handle::<W>(&state, incoming, &span).await
 }
 
-fn incoming(
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+/// The call as the verifiers see it. The request's method, URI and headers are moved out, not
+/// copied; its body is read within the route's body limit.
+async fn incoming(
+    request: Request,
     peer: SocketAddr,
     destination: Option<String>,
 ) -> Result<Incoming, EdgeError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            EdgeError::TooLarge
-        } else {
-            EdgeError::Malformed("unreadable body".to_owned())
-        }
-    })?;
+    let (mut parts, body) = request.into_parts();
+    let method = parts.method.clone();
+    let uri = std::mem::take(&mut parts.uri);
+    let headers = std::mem::take(&mut parts.headers);
+    // The extensions stay: they carry the route's `DefaultBodyLimit`.
+    let body = Bytes::from_request(Request::from_parts(parts, body), &())
+        .await
+        .map_err(|rejection: BytesRejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                EdgeError::TooLarge
+            } else {
+                EdgeError::Malformed("unreadable body".to_owned())
+            }
+        })?;
     Ok(Incoming {
         method,
         uri,
