@@ -29,7 +29,7 @@ use std::{
 use async_trait::async_trait;
 use aws_sdk_sqs::{
     Client,
-    config::{retry::RetryConfig, timeout::TimeoutConfig},
+    config::{StalledStreamProtectionConfig, retry::RetryConfig, timeout::TimeoutConfig},
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
     types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry},
 };
@@ -165,6 +165,9 @@ impl SqsPublisher {
     pub fn new(sdk: &aws_config::SdkConfig, settings: SqsSettings) -> Self {
         let config = aws_sdk_sqs::config::Builder::from(sdk)
             .retry_config(RetryConfig::disabled())
+            // A stalled call is already bounded by the attempt timeout below; the SDK's own
+            // throughput watch on every body costs a timer and a poll wrapper per call.
+            .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(settings.call_timeout.min(Duration::from_secs(1)))
