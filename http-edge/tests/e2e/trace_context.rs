@@ -302,6 +302,7 @@ async fn a_grpc_submitters_trace_context_is_honoured() {
         .metadata_mut()
         .insert("tracestate", "congo=t61rcWkgMzE".parse().unwrap());
     let reply = client.submit_status(request).await.unwrap().into_inner();
+    let traced_id = reply.event_id.clone();
     let line = spooled(&edge, "status", &reply.event_id);
     let (trace, parent, _) = fields(line["traceparent"].as_str().unwrap());
     assert_eq!(trace, TRACE_ID);
@@ -316,9 +317,13 @@ async fn a_grpc_submitters_trace_context_is_honoured() {
         .into_inner();
     let line = spooled(&edge, "status", &reply.event_id);
     assert_ne!(fields(line["traceparent"].as_str().unwrap()).0, TRACE_ID);
+    // The core's line for a network call is in its `rpc` span and names the event.
     assert!(
         edge.log().lines().any(|l| l
-            .contains("rpc{method=\"SubmitStatus\" trace_id=4bf92f3577b34da6a3ce929d0e0e4736}")),
+            .contains("rpc{method=\"SubmitStatus\" trace_id=4bf92f3577b34da6a3ce929d0e0e4736}")
+            && l.contains("event published")
+            && l.contains("carrier_message_id=SM-grpc-trace")
+            && l.contains(&format!("event_id={traced_id}"))),
         "{}",
         edge.log()
     );
