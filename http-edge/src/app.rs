@@ -47,7 +47,7 @@ use crate::{
         messagebird::MessageBird, twilio::Twilio,
     },
     config::Verifiers,
-    core_client::{CoreClient, TraceMetadata},
+    core_client::{CallTrace, CoreClient},
     error::EdgeError,
     request::{self, EdgeSpan},
 };
@@ -100,32 +100,47 @@ pub struct HttpLimits {
     pub concurrency: usize,
 }
 
-/// What every handler shares.
+/// What every handler shares. One `Arc`: axum clones the state for every request, and one
+/// reference count is cheaper to move between threads than one per field.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The fields of [`AppState`].
+#[derive(Debug)]
+pub struct Shared {
     core: CoreClient,
     verifiers: Verifiers,
     abuse: Arc<Abuse>,
-    draining: Arc<AtomicBool>,
+    draining: AtomicBool,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl AppState {
     /// State over a core client and the carriers' verifiers.
     pub fn new(core: CoreClient, verifiers: Verifiers) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             core,
             verifiers,
             abuse: Arc::new(Abuse::off()),
-            draining: Arc::new(AtomicBool::new(false)),
-        }
+            draining: AtomicBool::new(false),
+        }))
     }
 
     /// The same state with per-client rate limits and source allowlists on every webhook route.
     pub fn with_abuse(self, abuse: Abuse) -> Self {
-        Self {
+        Self(Arc::new(Shared {
+            core: self.core.clone(),
+            verifiers: self.verifiers.clone(),
             abuse: Arc::new(abuse),
-            ..self
-        }
+            draining: AtomicBool::new(self.draining.load(Ordering::Relaxed)),
+        }))
     }
 }
 
@@ -328,7 +343,7 @@ async fn handle<W: Webhook>(
         let verifier = W::verifier(&state.verifiers);
         // The reason of a rejection is logged (rate-limited) with the reply below.
         let verified = verifier.verify(&incoming)?;
-        let trace = TraceMetadata::new(&span.0);
+        let trace = CallTrace::new(&span.0);
         match parse_and_submit::<W>(state, &verified, &trace).await {
             Err(error) if let Some(reason) = error.quarantine_reason() => {
                 // Authentic but unusable: keep it (durably) before the 4xx, or the carrier
@@ -422,7 +437,7 @@ async fn handle<W: Webhook>(
 async fn parse_and_submit<W: Webhook>(
     state: &AppState,
     verified: &Verified<'_>,
-    trace: &TraceMetadata,
+    trace: &CallTrace,
 ) -> Result<(usize, String, Vec<SubmitReply>), EdgeError> {
     let events = W::parse(verified)?;
     // What the reply and the log need, taken before the events move into the call.
