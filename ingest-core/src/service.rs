@@ -17,7 +17,7 @@ use crate::{
     metrics,
     publish::{EventKind, OutboundEvent, PublishError, Publisher},
     quarantine,
-    trace::{self, Propagated, Scope, TRACEPARENT, TRACESTATE},
+    trace::{self, Propagated, Scope, SpanContext, TRACEPARENT, TRACESTATE},
 };
 
 /// Most events in one `SubmitBatch`.
@@ -426,7 +426,8 @@ impl IngestGrpc {
 }
 
 /// The spans of one call: ours, continuing the submitter's `traceparent` / `tracestate`
-/// metadata (the edge's span, or any internal submitter's) or starting a trace, and the log
+/// metadata (the edge's span, or any internal submitter's; in place, its [`CallerSpan`]) or
+/// starting a trace, and the log
 /// span that puts its trace id on every line of the call. The published events carry this
 /// span's context, so a consumer's span is a child of the core call that published it.
 ///
@@ -438,9 +439,20 @@ fn call_spans<T>(
     method: &'static str,
     log_events: bool,
 ) -> (trace::Span, tracing::Span) {
-    let metadata = request.metadata();
-    let get = |key| metadata.get(key).and_then(|v| v.to_str().ok());
-    let parent = trace::parse(get(TRACEPARENT), get(TRACESTATE));
+    let parent = match request.extensions().get::<CallerSpan>() {
+        Some(CallerSpan(caller)) => Some(SpanContext::new(
+            caller.trace_id(),
+            caller.span_id(),
+            caller.trace_flags(),
+            true,
+            caller.trace_state().clone(),
+        )),
+        None => {
+            let metadata = request.metadata();
+            let get = |key| metadata.get(key).and_then(|v| v.to_str().ok());
+            trace::parse(get(TRACEPARENT), get(TRACESTATE))
+        }
+    };
     let mut span = trace::Span::start(
         Scope::Core,
         || format!("carrier.ingest.v1.IngestService/{method}"),
@@ -476,6 +488,13 @@ fn finish<T>(span: &mut trace::Span, result: &Result<Response<T>, Status>) {
 /// network (extensions are not sent).
 #[derive(Debug, Clone, Copy)]
 pub struct CallerLogsEvents;
+
+/// Put in a call's extensions by a caller in the same process: the span context it calls in,
+/// which a caller over the network sends as `traceparent` and `tracestate` metadata (and the
+/// core parses). The core's span is its child either way. It cannot arrive over the network
+/// (extensions are not sent), so it is never untrusted input.
+#[derive(Debug, Clone)]
+pub struct CallerSpan(pub SpanContext);
 
 /// Whether the core logs each event of `request` (not when its caller does).
 fn logs_events<T>(request: &Request<T>) -> bool {

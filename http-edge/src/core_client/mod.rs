@@ -22,6 +22,7 @@ use carrier_ingest::v1::{
 };
 use ingest_core::{
     metrics,
+    service::CallerSpan,
     trace::{self, SpanContext, TRACEPARENT, TRACESTATE},
 };
 use prometheus_client::{
@@ -29,11 +30,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family},
 };
 use tokio::time::Instant;
-use tonic::{
-    Code, Request, Status,
-    metadata::{AsciiMetadataValue, MetadataValue},
-    transport::Endpoint,
-};
+use tonic::{Code, Request, Status, metadata::MetadataValue, transport::Endpoint};
 use tonic_types::StatusExt;
 use tower::retry::budget::{Budget, TpsBudget};
 
@@ -149,33 +146,36 @@ impl std::fmt::Debug for CoreClient {
     }
 }
 
-/// The trace context sent with a core call (gRPC metadata `traceparent`, `tracestate`): the
-/// edge span's, so that the core's span is its child. Formatted once per webhook and shared by
-/// every attempt.
+/// The trace context of a core call: the edge span's, so that the core's span is its child.
+/// In place it is handed over as it is ([`CallerSpan`]); over the network it goes as gRPC
+/// metadata (`traceparent`, `tracestate`), formatted for each attempt.
 #[derive(Debug, Clone)]
-pub struct TraceMetadata {
-    traceparent: Option<AsciiMetadataValue>,
-    tracestate: Option<AsciiMetadataValue>,
-}
+pub struct CallTrace(SpanContext);
 
-impl TraceMetadata {
-    /// The metadata for a call made within the span `context`.
+impl CallTrace {
+    /// The trace context of a call made within the span `context`.
     pub fn new(context: &SpanContext) -> Self {
-        Self {
-            traceparent: MetadataValue::try_from(trace::traceparent(context)).ok(),
-            tracestate: trace::tracestate(context).and_then(|s| MetadataValue::try_from(s).ok()),
-        }
+        Self(context.clone())
     }
 
     fn apply<T>(trace: Option<&Self>, request: &mut Request<T>) {
-        let Some(trace) = trace else { return };
-        let metadata = request.metadata_mut();
-        if let Some(v) = &trace.traceparent {
-            metadata.insert(TRACEPARENT, v.clone());
+        if let Some(trace) = trace {
+            request.extensions_mut().insert(CallerSpan(trace.0.clone()));
         }
-        if let Some(v) = &trace.tracestate {
-            metadata.insert(TRACESTATE, v.clone());
-        }
+    }
+}
+
+/// Turns the [`CallerSpan`] of a call about to leave the process into its metadata.
+pub(crate) fn caller_span_to_metadata<T>(request: &mut Request<T>) {
+    let Some(CallerSpan(context)) = request.extensions_mut().remove::<CallerSpan>() else {
+        return;
+    };
+    let metadata = request.metadata_mut();
+    if let Ok(v) = MetadataValue::try_from(trace::traceparent(&context)) {
+        metadata.insert(TRACEPARENT, v);
+    }
+    if let Some(v) = trace::tracestate(&context).and_then(|s| MetadataValue::try_from(s).ok()) {
+        metadata.insert(TRACESTATE, v);
     }
 }
 
@@ -389,7 +389,7 @@ impl CoreClient {
     pub async fn submit(
         &self,
         events: Vec<Event>,
-        trace: Option<&TraceMetadata>,
+        trace: Option<&CallTrace>,
     ) -> Result<Vec<SubmitReply>, EdgeError> {
         let call = match <[Event; 1]>::try_from(events) {
             Ok([Event::Inbound(message)]) => Call::Inbound(message),
@@ -420,7 +420,7 @@ impl CoreClient {
     pub async fn quarantine(
         &self,
         record: QuarantineRecord,
-        trace: Option<&TraceMetadata>,
+        trace: Option<&CallTrace>,
     ) -> Result<QuarantineReply, EdgeError> {
         self.with_failover(|replica, left| {
             let record = record.clone();
@@ -533,12 +533,12 @@ fn call_request<T>(
     message: T,
     timeout: Duration,
     replica: &Replica,
-    trace: Option<&TraceMetadata>,
+    trace: Option<&CallTrace>,
 ) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(timeout);
     replica.authorize(&mut request);
-    TraceMetadata::apply(trace, &mut request);
+    CallTrace::apply(trace, &mut request);
     request
 }
 
@@ -547,7 +547,7 @@ async fn send(
     replica: &Replica,
     call: &Call,
     timeout: Duration,
-    trace: Option<&TraceMetadata>,
+    trace: Option<&CallTrace>,
 ) -> Result<Vec<SubmitReply>, Status> {
     let client = &replica.ingest;
     Ok(match call {

@@ -57,7 +57,8 @@ pub(super) enum Ingest {
     Remote(IngestServiceClient<Transport>),
     /// The core in this process: its handler called with the request as it is, without
     /// encoding it or streaming it through a body (the same handler, spans and status codes).
-    /// The call carries [`CallerLogsEvents`]: the edge's own line covers its events.
+    /// The call carries [`CallerLogsEvents`]: the edge's own line covers its events; and its
+    /// trace context as it is, not as metadata.
     Local(Arc<IngestGrpc>),
 }
 
@@ -71,7 +72,10 @@ macro_rules! ingest_calls {
                     mut request: Request<$request>,
                 ) -> Result<Response<$reply>, Status> {
                     match self {
-                        Self::Remote(client) => client.clone().$method(request).await,
+                        Self::Remote(client) => {
+                            super::caller_span_to_metadata(&mut request);
+                            client.clone().$method(request).await
+                        }
                         Self::Local(core) => {
                             check_message_size(request.get_ref())?;
                             request.extensions_mut().insert(CallerLogsEvents);
