@@ -93,7 +93,16 @@ async fn a_core_sigkilled_mid_run_refuses_nothing_and_loses_or_doubles_nothing()
         "webhooks were sent while the core was down, and after it came back: {run:?}"
     );
     let caught = run.sent_between(run.killed_at, run.killed_at);
-    assert!(caught >= 3, "the kill caught webhooks in flight: {caught}");
+    assert!(
+        caught >= 3,
+        "the kill caught webhooks in flight: {caught}; statuses {statuses:?}, killed at {:?}, \
+         restarted at {:?}, run took {:?}, slowest {:?}\n{}",
+        run.killed_at,
+        run.restarted_at,
+        run.elapsed,
+        run.latency_quantile(1.0, Duration::ZERO, run.elapsed),
+        logs()
+    );
     assert_eq!(
         run.refused(),
         0,
