@@ -275,12 +275,15 @@ pub(crate) async fn send_through_a_kill(
         .build()
         .expect("HTTP client");
     let next = Arc::new(AtomicUsize::new(0));
+    // Webhooks sent and not yet answered.
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let killed_at = Arc::new(Mutex::new(None::<Duration>));
     let restarter = Arc::new(Mutex::new(None::<tokio::task::JoinHandle<Duration>>));
     let url = format!("{base}/bandwidth/15551234567");
     let workers = (0..plan.concurrency).map(|_| {
         let (client, next, plan, url) = (client.clone(), next.clone(), plan.clone(), url.clone());
+        let in_flight = in_flight.clone();
         let (victim, killed_at, restarter) = (victim.clone(), killed_at.clone(), restarter.clone());
         tokio::spawn(async move {
             let mut sent = Vec::new();
@@ -292,6 +295,13 @@ pub(crate) async fn send_through_a_kill(
                 let due = start + Duration::from_secs_f64(i as f64 / plan.rate_per_sec);
                 tokio::time::sleep_until(due.into()).await;
                 if i == plan.kill_at {
+                    // The kill is to catch webhooks in flight. At a low pace with SQS batches
+                    // lingering, a fixed moment can fall just after both cores' batches left
+                    // (one or two in flight): wait, at most 2 s, until at least three are.
+                    let wait_until = Instant::now() + Duration::from_secs(2);
+                    while in_flight.load(Ordering::Relaxed) < 3 && Instant::now() < wait_until {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
                     victim.lock().unwrap().kill();
                     *killed_at.lock().unwrap() = Some(start.elapsed());
                     let (victim, after) = (victim.clone(), plan.restart_after);
@@ -308,6 +318,7 @@ pub(crate) async fn send_through_a_kill(
                 let body = bandwidth_inbound(&format!("{}-{i}", plan.tag));
                 let at = start.elapsed();
                 let began = Instant::now();
+                in_flight.fetch_add(1, Ordering::Relaxed);
                 let reply = client
                     .post(&url)
                     .header("content-type", "application/json")
@@ -315,6 +326,7 @@ pub(crate) async fn send_through_a_kill(
                     .send()
                     .await;
                 let took = began.elapsed();
+                in_flight.fetch_sub(1, Ordering::Relaxed);
                 let (status, event_id) = match reply {
                     Ok(r) => {
                         let status = r.status().as_u16();
