@@ -47,7 +47,7 @@ use crate::{
         messagebird::MessageBird, twilio::Twilio,
     },
     config::Verifiers,
-    core_client::{CallTrace, CoreClient},
+    core_client::CoreClient,
     error::EdgeError,
     request::{self, EdgeSpan},
 };
@@ -123,23 +123,14 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// State over a core client and the carriers' verifiers.
-    pub fn new(core: CoreClient, verifiers: Verifiers) -> Self {
+    /// State over a core client, the carriers' verifiers and the per-client rate limits and
+    /// source allowlists of every webhook route ([`Abuse::off`] for none).
+    pub fn new(core: CoreClient, verifiers: Verifiers, abuse: Abuse) -> Self {
         Self(Arc::new(Shared {
             core,
             verifiers,
-            abuse: Arc::new(Abuse::off()),
-            draining: AtomicBool::new(false),
-        }))
-    }
-
-    /// The same state with per-client rate limits and source allowlists on every webhook route.
-    pub fn with_abuse(self, abuse: Abuse) -> Self {
-        Self(Arc::new(Shared {
-            core: self.core.clone(),
-            verifiers: self.verifiers.clone(),
             abuse: Arc::new(abuse),
-            draining: AtomicBool::new(self.draining.load(Ordering::Relaxed)),
+            draining: AtomicBool::new(false),
         }))
     }
 }
@@ -300,17 +291,16 @@ async fn webhook<W: Webhook>(
 }
 
 /// The call as the verifiers see it. The request's method, URI and headers are moved out, not
-/// copied; its body is read within the route's body limit.
+/// copied; its body is read within the route's body limit (its extensions stay for that).
 async fn incoming(
     request: Request,
     peer: SocketAddr,
     destination: Option<String>,
 ) -> Result<Incoming, EdgeError> {
     let (mut parts, body) = request.into_parts();
-    let method = parts.method.clone();
+    let method = std::mem::take(&mut parts.method);
     let uri = std::mem::take(&mut parts.uri);
     let headers = std::mem::take(&mut parts.headers);
-    // The extensions stay: they carry the route's `DefaultBodyLimit`.
     let body = Bytes::from_request(Request::from_parts(parts, body), &())
         .await
         .map_err(|rejection: BytesRejection| {
@@ -343,13 +333,13 @@ async fn handle<W: Webhook>(
         let verifier = W::verifier(&state.verifiers);
         // The reason of a rejection is logged (rate-limited) with the reply below.
         let verified = verifier.verify(&incoming)?;
-        let trace = CallTrace::new(&span.0);
-        match parse_and_submit::<W>(state, &verified, &trace).await {
+        let trace = &span.0;
+        match parse_and_submit::<W>(state, &verified, trace).await {
             Err(error) if let Some(reason) = error.quarantine_reason() => {
                 // Authentic but unusable: keep it (durably) before the 4xx, or the carrier
                 // would lose it; if it cannot be kept, a 503 makes the carrier retry.
                 let record = quarantine_record::<W>(&incoming, verifier.describe(), reason, &error);
-                match state.core.quarantine(record, Some(&trace)).await {
+                match state.core.quarantine(record, Some(trace)).await {
                     Ok(kept) => {
                         tracing::info!(
                             carrier = W::NAME,
@@ -437,7 +427,7 @@ async fn handle<W: Webhook>(
 async fn parse_and_submit<W: Webhook>(
     state: &AppState,
     verified: &Verified<'_>,
-    trace: &CallTrace,
+    trace: &ingest_core::trace::SpanContext,
 ) -> Result<(usize, String, Vec<SubmitReply>), EdgeError> {
     let events = W::parse(verified)?;
     // What the reply and the log need, taken before the events move into the call.
@@ -618,7 +608,7 @@ mod tests {
             request_timeout: Duration::from_secs(5),
             concurrency: 8,
         };
-        router(AppState::new(core, verifiers), limits)
+        router(AppState::new(core, verifiers, Abuse::off()), limits)
     }
 
     async fn status_of(router: &Router, method: &str, path: &str) -> StatusCode {

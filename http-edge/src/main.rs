@@ -120,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
             std::time::Duration::from_secs(cli.core_auth.core_reload_secs),
         )
     });
-    let state = AppState::new(core, verifiers).with_abuse(abuse);
+    let state = AppState::new(core, verifiers, abuse);
     let limits = HttpLimits {
         body_bytes: cli.edge.body_limit_bytes,
         request_timeout: cli.edge.request_timeout(),

@@ -146,27 +146,8 @@ impl std::fmt::Debug for CoreClient {
     }
 }
 
-/// The trace context of a core call: the edge span's, so that the core's span is its child.
-/// In place it is handed over as it is ([`CallerSpan`]); over the network it goes as gRPC
-/// metadata (`traceparent`, `tracestate`), formatted for each attempt.
-#[derive(Debug, Clone)]
-pub struct CallTrace(SpanContext);
-
-impl CallTrace {
-    /// The trace context of a call made within the span `context`.
-    pub fn new(context: &SpanContext) -> Self {
-        Self(context.clone())
-    }
-
-    fn apply<T>(trace: Option<&Self>, request: &mut Request<T>) {
-        if let Some(trace) = trace {
-            request.extensions_mut().insert(CallerSpan(trace.0.clone()));
-        }
-    }
-}
-
 /// Turns the [`CallerSpan`] of a call about to leave the process into its metadata.
-pub(crate) fn caller_span_to_metadata<T>(request: &mut Request<T>) {
+fn caller_span_to_metadata<T>(request: &mut Request<T>) {
     let Some(CallerSpan(context)) = request.extensions_mut().remove::<CallerSpan>() else {
         return;
     };
@@ -389,7 +370,7 @@ impl CoreClient {
     pub async fn submit(
         &self,
         events: Vec<Event>,
-        trace: Option<&CallTrace>,
+        trace: Option<&SpanContext>,
     ) -> Result<Vec<SubmitReply>, EdgeError> {
         let call = match <[Event; 1]>::try_from(events) {
             Ok([Event::Inbound(message)]) => Call::Inbound(message),
@@ -420,7 +401,7 @@ impl CoreClient {
     pub async fn quarantine(
         &self,
         record: QuarantineRecord,
-        trace: Option<&CallTrace>,
+        trace: Option<&SpanContext>,
     ) -> Result<QuarantineReply, EdgeError> {
         self.with_failover(|replica, left| {
             let record = record.clone();
@@ -533,12 +514,15 @@ fn call_request<T>(
     message: T,
     timeout: Duration,
     replica: &Replica,
-    trace: Option<&CallTrace>,
+    trace: Option<&SpanContext>,
 ) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(timeout);
     replica.authorize(&mut request);
-    CallTrace::apply(trace, &mut request);
+    if let Some(context) = trace {
+        // In place the core takes it as it is; the remote arm turns it into metadata.
+        request.extensions_mut().insert(CallerSpan(context.clone()));
+    }
     request
 }
 
@@ -547,7 +531,7 @@ async fn send(
     replica: &Replica,
     call: &Call,
     timeout: Duration,
-    trace: Option<&CallTrace>,
+    trace: Option<&SpanContext>,
 ) -> Result<Vec<SubmitReply>, Status> {
     let client = &replica.ingest;
     Ok(match call {
