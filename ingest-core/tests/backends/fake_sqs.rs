@@ -241,10 +241,8 @@ fn send_message_batch(fake: &Fake, request: &mut Value) -> Value {
         successful.push(json!({"Id": id, "MessageId": format!("m-{index}"),
             "MD5OfMessageBody": "00000000000000000000000000000000"}));
         if !repeated {
-            if fake.behaviour.forget_entries {
-                *seen.accepted.entry(event_id).or_default() += 1;
-            } else {
-                *seen.accepted.entry(event_id.clone()).or_default() += 1;
+            *seen.accepted.entry(event_id.clone()).or_default() += 1;
+            if !fake.behaviour.forget_entries {
                 seen.entries.insert(event_id, entry);
             }
         }
