@@ -83,6 +83,20 @@ impl Drop for Reaped {
     }
 }
 
+/// The mean, in milliseconds, of the histogram `name` with `labels` in the metrics served at
+/// `url`.
+async fn mean_ms(url: &str, name: &str, labels: &str) -> Option<f64> {
+    let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+    let value = |suffix: &str| {
+        let prefix = format!("{name}_{suffix}{{{labels}}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let (sum, count) = (value("sum")?, value("count")?);
+    (count > 0.0).then(|| sum / count * 1e3)
+}
+
 async fn wait_ready(url: &str) {
     let client = reqwest::Client::new();
     for _ in 0..400 {
@@ -222,12 +236,6 @@ async fn main() {
          = {:.4} calls/event",
         calls as f64 / events.max(1) as f64
     );
-    if let Some(waited) = fake.mean_latency() {
-        println!(
-            "  the SQS stand-in answered its calls after {:.2} ms on average",
-            waited.as_secs_f64() * 1e3
-        );
-    }
     let per_event = |us: u64| us as f64 / requests.max(1.0);
     println!(
         "  CPU per event while wrk ran: http-edge {:.0} µs, ingest-core {:.0} µs, \
@@ -235,6 +243,41 @@ async fn main() {
         per_event(cpu[0]),
         per_event(cpu[1]),
         per_event(cpu[2]),
+    );
+    // Where a webhook's time went, from the services' own histograms (means over the run).
+    let edge_metrics = format!("http://127.0.0.1:{edge_admin}/metrics");
+    let core_metrics = format!("http://127.0.0.1:{core_admin}/metrics");
+    let ms = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.2} ms"));
+    let webhook = mean_ms(
+        &edge_metrics,
+        "ingest_webhook_duration_seconds",
+        r#"carrier="bandwidth""#,
+    );
+    let call = mean_ms(
+        &edge_metrics,
+        "ingest_core_call_duration_seconds",
+        r#"call="submit",outcome="ok""#,
+    );
+    let publish = mean_ms(
+        &core_metrics,
+        "ingest_publish_duration_seconds",
+        r#"backend="sqs""#,
+    );
+    let sqs_call = mean_ms(
+        &core_metrics,
+        "ingest_sqs_call_duration_seconds",
+        r#"queue="p2-inbound",outcome="ok""#,
+    );
+    let (webhook, call, publish, sqs_call) =
+        (webhook.await, call.await, publish.await, sqs_call.await);
+    println!(
+        "  time per webhook (means): edge handler {}, of which the core call {}; in the core, \
+         the publish {}, of which the SendMessageBatch call {} (the stand-in's own wait {})",
+        ms(webhook),
+        ms(call),
+        ms(publish),
+        ms(sqs_call),
+        ms(fake.mean_latency().map(|d| d.as_secs_f64() * 1e3)),
     );
     println!(
         "  peak RSS: http-edge {} MiB, ingest-core {} MiB",

@@ -76,6 +76,23 @@ pub fn queue_labels(queue: &str) -> QueueLabels {
     }
 }
 
+/// Labels of one call to a queue: the queue's short name and whether the call succeeded.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueCallLabels {
+    /// Queue name.
+    pub queue: String,
+    /// `ok` (the call succeeded, though SQS may have refused single entries) or `error` (it
+    /// failed: no answer, a timeout or an error reply).
+    pub outcome: &'static str,
+}
+
+/// Buckets of entries per `SendMessageBatch`: 1 to 10, one each.
+pub fn batch_entries_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::linear_buckets(
+        1.0, 1.0, 10,
+    ))
+}
+
 /// Labels of a quarantined call.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QuarantineLabels {
@@ -127,6 +144,11 @@ pub struct CoreMetrics {
     pub dedupe_degraded: Gauge,
     /// 1 while the core can take events (gRPC health SERVING).
     pub ready: Gauge,
+    /// Time of one `SendMessageBatch` call (each attempt, outbox relay calls included), by
+    /// queue and whether it succeeded.
+    pub sqs_call_seconds: Family<QueueCallLabels, Histogram>,
+    /// Entries per `SendMessageBatch` call, by queue: how full batches leave.
+    pub sqs_batch_entries: Family<QueueLabels, Histogram>,
     /// 1 while a queue's SQS circuit is open (SQS failing; events go to the outbox).
     pub sqs_circuit_open: Family<QueueLabels, Gauge>,
     /// Events in a queue's outbox, not yet confirmed by SQS.
@@ -158,6 +180,8 @@ pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
         publish_seconds: Family::new_with_constructor(latency_histogram),
         dedupe_degraded: Gauge::default(),
         ready: Gauge::default(),
+        sqs_call_seconds: Family::new_with_constructor(latency_histogram),
+        sqs_batch_entries: Family::new_with_constructor(batch_entries_histogram),
         sqs_circuit_open: Family::default(),
         outbox_events: Family::default(),
         outbox_bytes: Family::default(),
@@ -189,6 +213,16 @@ pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
         "ingest_core_ready",
         "1 while the core can take events",
         m.ready.clone(),
+    );
+    register(
+        "ingest_sqs_call_duration_seconds",
+        "Time of one SendMessageBatch call to SQS (every attempt, relay calls included), by queue and outcome",
+        m.sqs_call_seconds.clone(),
+    );
+    register(
+        "ingest_sqs_batch_entries",
+        "Entries per SendMessageBatch call to SQS, by queue",
+        m.sqs_batch_entries.clone(),
     );
     register(
         "ingest_sqs_circuit_open",

@@ -27,7 +27,7 @@ use ingest_core::{
 };
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
 };
 use tokio::time::Instant;
 use tonic::{Code, Request, Status, metadata::MetadataValue, transport::Endpoint};
@@ -52,15 +52,26 @@ struct RetryLabels {
     outcome: &'static str,
 }
 
+/// Labels of a core call as the edge saw it.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    /// `submit` (events) or `quarantine`.
+    call: &'static str,
+    /// `ok` or `error`.
+    outcome: &'static str,
+}
+
 struct ClientMetrics {
     retries: Family<RetryLabels, Counter>,
     ejections: Counter,
+    calls: Family<CallLabels, Histogram>,
 }
 
 static METRICS: std::sync::LazyLock<ClientMetrics> = std::sync::LazyLock::new(|| {
     let m = ClientMetrics {
         retries: Family::default(),
         ejections: Counter::default(),
+        calls: Family::new_with_constructor(metrics::latency_histogram),
     };
     metrics::register(
         "ingest_core_retries",
@@ -72,8 +83,30 @@ static METRICS: std::sync::LazyLock<ClientMetrics> = std::sync::LazyLock::new(||
         "Core replicas taken out of rotation after a transport failure",
         m.ejections.clone(),
     );
+    metrics::register(
+        "ingest_core_call_duration_seconds",
+        "Time of one call to the core as the edge saw it (failover included; in place with the core embedded), by call and outcome",
+        m.calls.clone(),
+    );
     m
 });
+
+/// Runs `call` (named `name`) and records how long it took.
+async fn timed<T>(
+    name: &'static str,
+    call: impl Future<Output = Result<T, EdgeError>>,
+) -> Result<T, EdgeError> {
+    let started = Instant::now();
+    let result = call.await;
+    METRICS
+        .calls
+        .get_or_create(&CallLabels {
+            call: name,
+            outcome: if result.is_ok() { "ok" } else { "error" },
+        })
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
 
 fn count_retry(outcome: &'static str) {
     METRICS
@@ -388,10 +421,13 @@ impl CoreClient {
                     .collect(),
             ),
         };
-        self.with_failover(|replica, left| {
-            let call = &call;
-            async move { send(&replica, call, left, trace).await }
-        })
+        let call = &call;
+        timed(
+            "submit",
+            self.with_failover(
+                |replica, left| async move { send(&replica, call, left, trace).await },
+            ),
+        )
         .await
     }
 
@@ -403,16 +439,19 @@ impl CoreClient {
         record: QuarantineRecord,
         trace: Option<&SpanContext>,
     ) -> Result<QuarantineReply, EdgeError> {
-        self.with_failover(|replica, left| {
-            let record = record.clone();
-            async move {
-                let request = QuarantineRequest {
-                    record: Some(record),
-                };
-                let request = call_request(request, left, &replica, trace);
-                Ok(replica.ingest.quarantine(request).await?.into_inner())
-            }
-        })
+        timed(
+            "quarantine",
+            self.with_failover(|replica, left| {
+                let record = record.clone();
+                async move {
+                    let request = QuarantineRequest {
+                        record: Some(record),
+                    };
+                    let request = call_request(request, left, &replica, trace);
+                    Ok(replica.ingest.quarantine(request).await?.into_inner())
+                }
+            }),
+        )
         .await
     }
 

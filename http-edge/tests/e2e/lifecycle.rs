@@ -87,6 +87,10 @@ async fn metrics_on_the_admin_listener_count_outcomes() {
         // The accepted event and the quarantine record of the invalid call.
         r#"ingest_publish_duration_seconds_count{backend="spool"} 2"#,
         r#"ingest_quarantined_total{carrier="twilio",reason="invalid_request"} 1"#,
+        // The edge's calls to the core: two taken, one refused as invalid, one quarantine.
+        r#"ingest_core_call_duration_seconds_count{call="submit",outcome="ok"} 2"#,
+        r#"ingest_core_call_duration_seconds_count{call="submit",outcome="error"} 1"#,
+        r#"ingest_core_call_duration_seconds_count{call="quarantine",outcome="ok"} 1"#,
         "ingest_core_ready 1",
     ] {
         assert!(text.contains(line), "missing {line} in:\n{text}");

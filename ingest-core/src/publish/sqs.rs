@@ -39,6 +39,7 @@ use tokio::{
 };
 
 use super::{OutboundEvent, PublishError, Publisher, breaker::Breaker};
+use crate::metrics;
 
 /// Most entries SQS takes in one `SendMessageBatch`.
 pub const MAX_BATCH_ENTRIES: usize = 10;
@@ -411,12 +412,14 @@ async fn call_batch(
     }
     let count = entries.len();
     counters.batch_calls.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
     let result = client
         .send_message_batch()
         .queue_url(queue)
         .set_entries(Some(entries))
         .send()
         .await;
+    observe_call(queue, count, result.is_ok(), started.elapsed());
 
     let mut results: Vec<Option<EntryResult>> = (0..count).map(|_| None).collect();
     match result {
@@ -485,6 +488,22 @@ async fn call_batch(
         .into_iter()
         .map(|r| r.unwrap_or_else(|| EntryResult::Retry("entry missing from the reply".into())))
         .collect()
+}
+
+/// Records one `SendMessageBatch` call of `entries` entries that took `took`.
+fn observe_call(queue: &str, entries: usize, ok: bool, took: Duration) {
+    let labels = metrics::queue_labels(queue);
+    metrics::CORE
+        .sqs_call_seconds
+        .get_or_create(&metrics::QueueCallLabels {
+            queue: labels.queue.clone(),
+            outcome: if ok { "ok" } else { "error" },
+        })
+        .observe(took.as_secs_f64());
+    metrics::CORE
+        .sqs_batch_entries
+        .get_or_create(&labels)
+        .observe(entries as f64);
 }
 
 /// Sends `p` back to its batcher after a backoff, or fails it if that would pass its deadline.
