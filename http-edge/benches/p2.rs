@@ -248,35 +248,38 @@ async fn main() {
     let edge_metrics = format!("http://127.0.0.1:{edge_admin}/metrics");
     let core_metrics = format!("http://127.0.0.1:{core_admin}/metrics");
     let ms = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.2} ms"));
-    let webhook = mean_ms(
-        &edge_metrics,
-        "ingest_webhook_duration_seconds",
-        r#"carrier="bandwidth""#,
-    );
-    let call = mean_ms(
-        &edge_metrics,
-        "ingest_core_call_duration_seconds",
-        r#"call="submit",outcome="ok""#,
-    );
-    let publish = mean_ms(
-        &core_metrics,
-        "ingest_publish_duration_seconds",
-        r#"backend="sqs""#,
-    );
-    let sqs_call = mean_ms(
-        &core_metrics,
-        "ingest_sqs_call_duration_seconds",
-        r#"queue="p2-inbound",outcome="ok""#,
-    );
-    let (webhook, call, publish, sqs_call) =
-        (webhook.await, call.await, publish.await, sqs_call.await);
+    let mut means = Vec::new();
+    for (url, name, labels) in [
+        (
+            &edge_metrics,
+            "ingest_webhook_duration_seconds",
+            r#"carrier="bandwidth""#,
+        ),
+        (
+            &edge_metrics,
+            "ingest_core_call_duration_seconds",
+            r#"call="submit",outcome="ok""#,
+        ),
+        (
+            &core_metrics,
+            "ingest_publish_duration_seconds",
+            r#"backend="sqs""#,
+        ),
+        (
+            &core_metrics,
+            "ingest_sqs_call_duration_seconds",
+            r#"queue="p2-inbound",outcome="ok""#,
+        ),
+    ] {
+        means.push(ms(mean_ms(url, name, labels).await));
+    }
     println!(
         "  time per webhook (means): edge handler {}, of which the core call {}; in the core, \
          the publish {}, of which the SendMessageBatch call {} (the stand-in's own wait {})",
-        ms(webhook),
-        ms(call),
-        ms(publish),
-        ms(sqs_call),
+        means[0],
+        means[1],
+        means[2],
+        means[3],
         ms(fake.mean_latency().map(|d| d.as_secs_f64() * 1e3)),
     );
     println!(
