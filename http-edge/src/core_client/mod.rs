@@ -9,6 +9,7 @@
 //! outage from multiplying the load on the cores.
 
 mod credentials;
+mod direct;
 mod pool;
 
 pub use credentials::{CoreAuthConfig, CoreCredentials};
@@ -158,6 +159,7 @@ impl Connector {
             name,
             &endpoint,
             credentials.token.clone(),
+            connect_timeout(self.timeout),
         ))
     }
 
@@ -646,6 +648,13 @@ fn classify(status: &Status) -> Failure {
     }
 }
 
+/// How long a connect to a replica may take, for a core deadline of `timeout`: a replica that
+/// does not accept within this is tried no longer, and the call fails over with most of its
+/// deadline left.
+fn connect_timeout(timeout: Duration) -> Duration {
+    Duration::from_secs(1).min(timeout / 2)
+}
+
 fn endpoint(
     url: String,
     timeout: Duration,
@@ -658,9 +667,7 @@ fn endpoint(
         endpoint = endpoint.tls_config(tls.clone())?;
     }
     Ok(endpoint
-        // A replica that does not accept within this is tried no longer: the call fails over
-        // with most of its deadline left.
-        .connect_timeout(Duration::from_secs(1).min(timeout / 2))
+        .connect_timeout(connect_timeout(timeout))
         .timeout(timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))

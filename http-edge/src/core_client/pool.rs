@@ -36,19 +36,45 @@ use tonic_health::pb::{
 };
 use tower::{ServiceExt, util::BoxCloneSyncService};
 
+use super::direct::Direct;
+
 /// How long a probe or readiness check waits for a replica's health answer.
 pub(super) const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 /// First and longest pause between probes of an ejected replica.
 const PROBE_FIRST: Duration = Duration::from_millis(50);
 const PROBE_MAX: Duration = Duration::from_secs(1);
 
-/// How calls reach a replica: its gRPC channel, or, for the core embedded in this process, the
-/// core's own services called in place (the same handlers and messages, without TCP or HTTP/2).
+/// How calls reach a replica: a plaintext HTTP/2 connection of its own (`direct.rs`), a gRPC
+/// channel for TLS, or, for the core embedded in this process, the core's own services called
+/// in place (the same handlers and messages, without TCP or HTTP/2).
 pub(super) type Transport = BoxCloneSyncService<
     http::Request<tonic::body::Body>,
     http::Response<tonic::body::Body>,
-    tonic::transport::Error,
+    TransportError,
 >;
+
+/// A call that failed on this side (connect, I/O, HTTP/2), whichever transport made it. The
+/// cause is its source, so the status tonic makes of it carries the chain the client classifies.
+#[derive(Debug)]
+pub(super) struct TransportError(tower::BoxError);
+
+impl TransportError {
+    pub(super) fn new(error: impl Into<tower::BoxError>) -> Self {
+        Self(error.into())
+    }
+}
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "transport error: {}", self.0)
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
 
 /// How a replica's ingest calls are made.
 #[derive(Clone)]
@@ -130,18 +156,28 @@ impl Replica {
     /// A replica reached through `endpoint`, connecting on first use and reconnecting as needed.
     #[cfg(test)]
     pub(super) fn new(name: String, endpoint: &Endpoint) -> Arc<Self> {
-        Self::with_token(name, endpoint, None)
+        Self::with_token(name, endpoint, None, Duration::from_secs(1))
     }
 
     /// A replica reached through `endpoint` whose calls carry `token` as their `authorization`.
+    /// Plaintext (`http://`) replicas get a connection of their own, opened within
+    /// `connect_timeout`; TLS ones a gRPC channel with `endpoint`'s TLS settings.
     pub(super) fn with_token(
         name: String,
         endpoint: &Endpoint,
         token: Option<MetadataValue<Ascii>>,
+        connect_timeout: Duration,
     ) -> Arc<Self> {
-        let channel = BoxCloneSyncService::new(endpoint.connect_lazy());
-        let ingest = Ingest::Remote(IngestServiceClient::new(channel.clone()));
-        Self::over(name, channel, ingest, token)
+        let transport: Transport = if endpoint.uri().scheme_str() == Some("http") {
+            BoxCloneSyncService::new(Direct::new(endpoint.uri(), connect_timeout))
+        } else {
+            BoxCloneSyncService::new(ServiceExt::<http::Request<tonic::body::Body>>::map_err(
+                endpoint.connect_lazy(),
+                TransportError::new,
+            ))
+        };
+        let ingest = Ingest::Remote(IngestServiceClient::new(transport.clone()));
+        Self::over(name, transport, ingest, token)
     }
 
     /// The core running in this process: its ingest handler called directly, health through
@@ -153,7 +189,7 @@ impl Replica {
     ) -> Arc<Self> {
         let routes = ServiceExt::<http::Request<tonic::body::Body>>::map_err(
             routes,
-            |never: std::convert::Infallible| -> tonic::transport::Error { match never {} },
+            |never: std::convert::Infallible| -> TransportError { match never {} },
         );
         Self::over(
             name,
