@@ -9,7 +9,7 @@
 # 2. http-edge with the core embedded, Bandwidth Basic auth on, the per-client rate limit on (set
 #    far above wrk's rate: wrk is one client), default log level: wrk -t1 -cN, its rate, p50/p99;
 # and the round's ratio (the machine is shared: the median of the rounds' ratios is the figure).
-# 3. then the edge paced at half its median rate: p50/p99;
+# 3. then the bare handler and the edge paced at half the edge's median rate: p50/p99;
 # then every 200 must be in the spool exactly once, and the peak RSS of the edge is printed, with
 # the edge's CPU time (user + system) per webhook in each run.
 # EDGE_BIN=path measures another build of http-edge (a before/after comparison).
@@ -52,12 +52,14 @@ for r in $(seq "$rounds"); do
     echo "$before $(cpu_ticks $edge_pid)" >"$work/path$r.cpu"
     runs+=("path$r")
 done
-bare_rss=$(awk '/VmHWM/ {print $2}' /proc/$bare_pid/status)
-kill $bare_pid; wait $bare_pid 2>/dev/null || true
 path_rate=$(for r in $(seq "$rounds"); do field rate "$work/path$r.txt"; done | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
 
-# 3. The same at half that rate.
+# 3. The same at half that rate; first the bare handler at that rate, for this host's own tail
+# latency there (the p99 goal is about ours).
 half=$(python3 -c "print(int(float('$path_rate') / 2))")
+WRK_RUN=barehalf WRK_RATE=$half wrk -t1 -c"$connections" -d"${seconds}s" -s $script "http://127.0.0.1:$bare" >"$work/barehalf.txt"
+bare_rss=$(awk '/VmHWM/ {print $2}' /proc/$bare_pid/status)
+kill $bare_pid; wait $bare_pid 2>/dev/null || true
 before=$(cpu_ticks $edge_pid)
 WRK_RUN=half WRK_RATE=$half wrk -t1 -c"$connections" -d"${seconds}s" -s $script "http://127.0.0.1:$http" >"$work/half.txt"
 echo "$before $(cpu_ticks $edge_pid)" >"$work/half.cpu"
@@ -99,9 +101,11 @@ for r in range(1, rounds + 1):
     print(f"round {r}: bare axum {b['rate']:>8,.0f} req/s (p50 {b['p50_ms']:.2f}, p99 {b['p99_ms']:.2f} ms)"
           f"   whole path {p['rate']:>8,.0f} req/s (p50 {p['p50_ms']:.2f}, p99 {p['p99_ms']:.2f} ms,"
           f" edge CPU {cpu_us(f'path{r}', p['requests']):.0f} µs/webhook)   ratio {ratios[-1]:.3f}")
-h = res("half")
+h, bh = res("half"), res("barehalf")
 print(f"whole path paced at half its median rate: {h['rate']:,.0f} req/s  p50 {h['p50_ms']:.2f} ms  p99 {h['p99_ms']:.2f} ms"
       f"  edge CPU {cpu_us('half', h['requests']):.0f} µs/webhook")
+print(f"bare axum paced at the same rate, just before: {bh['rate']:,.0f} req/s  p50 {bh['p50_ms']:.2f} ms"
+      f"  p99 {bh['p99_ms']:.2f} ms (this host's own latency at that rate)")
 print(f"ratio (whole path / bare), median of {rounds} rounds = {statistics.median(ratios):.3f}"
       f"   peak RSS: edge {edge_rss // 1024} MiB, bare {bare_rss // 1024} MiB")
 PY
