@@ -10,7 +10,9 @@
 //! it closes (one connect at a time; callers in between wait for it), within the connect
 //! timeout; TCP_NODELAY; HTTP/2 keepalive pings that close a connection whose peer stopped
 //! answering. Errors are the transport's own (connect, I/O, HTTP/2), so the client's
-//! classification sees a failed connection as before. TLS replicas keep `Channel`.
+//! classification sees a failed connection as before. The scheme and authority of each request
+//! are set by the gRPC clients (`with_origin`), as `Channel` set them. TLS replicas keep
+//! `Channel`.
 
 use std::{sync::Arc, task::Poll, time::Duration};
 
@@ -20,19 +22,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tonic::body::Body;
 use tower::BoxError;
 
-use super::pool::TransportError;
-
-/// HTTP/2 keepalive: a ping this often, and the connection closed if one is not answered in time.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+use super::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, pool::TransportError};
 
 /// A plaintext HTTP/2 connection to one replica, opened when needed.
 #[derive(Clone)]
 pub(super) struct Direct(Arc<Inner>);
 
 struct Inner {
-    /// The scheme and authority (`http`, `host:port`) every request is sent with.
-    scheme: http::uri::Scheme,
+    /// `host:port` of the replica.
     authority: http::uri::Authority,
     connect_timeout: Duration,
     /// The open connection, if any.
@@ -42,11 +39,10 @@ struct Inner {
 }
 
 impl Direct {
-    /// A transport to `uri` (`http://host:port`) that connects on first use.
-    pub(super) fn new(uri: &http::Uri, connect_timeout: Duration) -> Self {
+    /// A transport to `authority` (`host:port`) that connects on first use.
+    pub(super) fn new(authority: http::uri::Authority, connect_timeout: Duration) -> Self {
         Self(Arc::new(Inner {
-            scheme: uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP),
-            authority: uri.authority().cloned().expect("a core URL has a host"),
+            authority,
             connect_timeout,
             current: std::sync::Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
@@ -115,23 +111,15 @@ impl tower::Service<http::Request<Body>> for Direct {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let result: Result<_, BoxError> = async {
-                let mut uri = http::Uri::builder()
-                    .scheme(this.0.scheme.clone())
-                    .authority(this.0.authority.clone());
-                if let Some(path) = request.uri().path_and_query() {
-                    uri = uri.path_and_query(path.clone());
-                }
-                *request.uri_mut() = uri.build()?;
-                let mut sender = this.sender().await?;
-                let response = sender.send_request(request).await?;
-                Ok(response.map(Body::new))
-            }
-            .await;
-            result.map_err(TransportError::new)
+            let mut sender = this.sender().await.map_err(TransportError::new)?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(TransportError::new)?;
+            Ok(response.map(Body::new))
         })
     }
 }
@@ -177,9 +165,10 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        let uri: http::Uri = format!("http://{addr}").parse().unwrap();
-        let direct = Direct::new(&uri, Duration::from_millis(500));
-        let client = HealthClient::new(BoxCloneSyncService::new(direct.clone()));
+        let origin: http::Uri = format!("http://{addr}").parse().unwrap();
+        let authority = origin.authority().unwrap().clone();
+        let direct = Direct::new(authority, Duration::from_millis(500));
+        let client = HealthClient::with_origin(BoxCloneSyncService::new(direct.clone()), origin);
 
         // Nothing listens: UNAVAILABLE, raised on this side (it has a source, so the client
         // counts it as a transport failure and ejects the replica).

@@ -648,6 +648,11 @@ fn classify(status: &Status) -> Failure {
     }
 }
 
+/// HTTP/2 keepalive of core connections: a ping this often, and the connection closed if one
+/// is not answered within the timeout.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a connect to a replica may take, for a core deadline of `timeout`: a replica that
 /// does not accept within this is tried no longer, and the call fails over with most of its
 /// deadline left.
@@ -670,8 +675,8 @@ fn endpoint(
         .connect_timeout(connect_timeout(timeout))
         .timeout(timeout)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true))
 }
 

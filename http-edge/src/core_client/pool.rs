@@ -168,16 +168,38 @@ impl Replica {
         token: Option<MetadataValue<Ascii>>,
         connect_timeout: Duration,
     ) -> Arc<Self> {
-        let transport: Transport = if endpoint.uri().scheme_str() == Some("http") {
-            BoxCloneSyncService::new(Direct::new(endpoint.uri(), connect_timeout))
-        } else {
-            BoxCloneSyncService::new(ServiceExt::<http::Request<tonic::body::Body>>::map_err(
-                endpoint.connect_lazy(),
-                TransportError::new,
-            ))
+        let uri = endpoint.uri();
+        // The clients put the origin's scheme and authority on every request; a channel sets
+        // its own, so its clients keep the default.
+        let (transport, origin): (Transport, http::Uri) = match (uri.scheme_str(), uri.authority())
+        {
+            (Some("http"), Some(authority)) => (
+                BoxCloneSyncService::new(Direct::new(authority.clone(), connect_timeout)),
+                http::Uri::builder()
+                    .scheme("http")
+                    .authority(authority.clone())
+                    .path_and_query("/")
+                    .build()
+                    .expect("scheme and authority of a parsed URI"),
+            ),
+            _ => (
+                BoxCloneSyncService::new(ServiceExt::<http::Request<tonic::body::Body>>::map_err(
+                    endpoint.connect_lazy(),
+                    TransportError::new,
+                )),
+                http::Uri::default(),
+            ),
         };
-        let ingest = Ingest::Remote(IngestServiceClient::new(transport.clone()));
-        Self::over(name, transport, ingest, token)
+        let ingest = Ingest::Remote(IngestServiceClient::with_origin(
+            transport.clone(),
+            origin.clone(),
+        ));
+        Self::over(
+            name,
+            HealthClient::with_origin(transport, origin),
+            ingest,
+            token,
+        )
     }
 
     /// The core running in this process: its ingest handler called directly, health through
@@ -193,7 +215,7 @@ impl Replica {
         );
         Self::over(
             name,
-            BoxCloneSyncService::new(routes),
+            HealthClient::new(BoxCloneSyncService::new(routes)),
             Ingest::Local(ingest),
             None,
         )
@@ -201,14 +223,14 @@ impl Replica {
 
     fn over(
         name: String,
-        transport: Transport,
+        health: HealthClient<Transport>,
         ingest: Ingest,
         token: Option<MetadataValue<Ascii>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             name,
             ingest,
-            health: HealthClient::new(transport),
+            health,
             token,
             state: Mutex::new(State::default()),
         })
