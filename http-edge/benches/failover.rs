@@ -1,11 +1,12 @@
-//! The two-core SIGKILL scenario at scale, on the release build: two ingest-core processes
+//! The two-core failover scenario at scale, on the release build: two ingest-core processes
 //! (127.0.0.2 and 127.0.0.3, one port) sharing a real redis-server, publishing to a fast
 //! SQS-compatible fake (5 ms per call; moto is far too slow for this), one http-edge listing
-//! both; a sender sends each event once; one core is SIGKILLed a quarter of the way in and
-//! started again later. Prints what was sent, answered, and what reached SQS, and exits 1 if an
+//! both; a sender sends each event once; a quarter of the way in one core is SIGKILLed and
+//! started again later (`kill`, the default), or frozen with SIGSTOP and thawed later
+//! (`freeze`). Prints what was sent, answered, and what reached SQS, and exits 1 if an
 //! acknowledged event is missing.
 //!
-//!   bash http-edge/benches/failover.sh [EVENTS] [CONCURRENCY] [RATE_PER_SEC] [RESTART_AFTER_SECS]
+//!   bash http-edge/benches/failover.sh [EVENTS] [CONCURRENCY] [RATE_PER_SEC] [RESTART_AFTER_SECS] [kill|freeze]
 
 use std::{
     sync::{Arc, Mutex},
@@ -24,7 +25,7 @@ mod servers;
 mod two_cores;
 
 use fake_sqs::{Behaviour, FakeSqs};
-use two_cores::{CoreProcess, Plan, send_through_a_kill};
+use two_cores::{CoreProcess, Fault, Plan, send_through_a_fault};
 
 fn arg<T: std::str::FromStr>(n: usize, default: T) -> T {
     // `cargo bench` passes `--bench`; only positional numbers are ours.
@@ -42,6 +43,11 @@ async fn main() {
     let concurrency: usize = arg(1, 16);
     let rate: f64 = arg(2, 600.0);
     let restart_after = Duration::from_secs_f64(arg(3, 6.0));
+    let fault = match arg(4, String::from("kill")).as_str() {
+        "kill" => Fault::Kill,
+        "freeze" => Fault::Freeze,
+        other => panic!("the fault is kill or freeze, not {other}"),
+    };
 
     let sqs = FakeSqs::start(Behaviour {
         latency: Duration::from_millis(5),
@@ -85,11 +91,12 @@ async fn main() {
         events,
         concurrency,
         rate_per_sec: rate,
-        kill_at: events / 4,
-        restart_after,
+        fault,
+        fault_at: events / 4,
+        recover_after: restart_after,
         tag: format!("bench{}", servers::free_port()),
     };
-    let run = send_through_a_kill(&edge.base, &plan, b.clone()).await;
+    let run = send_through_a_fault(&edge.base, &plan, b.clone()).await;
     // Let the last publishes land before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -111,12 +118,16 @@ async fn main() {
         .into_iter()
         .filter(|(s, _)| !(200..300).contains(s))
         .collect();
-    let window_end = run.restarted_at + Duration::from_secs(2);
+    let window_end = run.recovered_at + Duration::from_secs(2);
     println!("failover bench: {events} webhooks, {concurrency} at a time, paced at {rate}/s");
+    let (faulted, recovered) = match fault {
+        Fault::Kill => ("killed", "restarted"),
+        Fault::Freeze => ("frozen", "thawed"),
+    };
     println!(
-        "  core killed at {:.2}s, restarted at {:.2}s, run took {:.2}s",
-        run.killed_at.as_secs_f64(),
-        run.restarted_at.as_secs_f64(),
+        "  core {faulted} at {:.2}s, {recovered} at {:.2}s, run took {:.2}s",
+        run.fault_at.as_secs_f64(),
+        run.recovered_at.as_secs_f64(),
         run.elapsed.as_secs_f64()
     );
     println!("  webhooks sent: {}", run.sent.len());
@@ -127,8 +138,12 @@ async fn main() {
         accepted.len()
     );
     for (name, from, to) in [
-        ("whole run", Duration::ZERO, run.elapsed),
-        ("kill to restart + 2 s", run.killed_at, window_end),
+        ("whole run".to_owned(), Duration::ZERO, run.elapsed),
+        (
+            format!("{faulted} to {recovered} + 2 s"),
+            run.fault_at,
+            window_end,
+        ),
     ] {
         println!(
             "  latency {name} ({} webhooks): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",

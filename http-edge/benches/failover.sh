@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The two-core SIGKILL failover scenario at scale, on the release build (see benches/failover.rs):
-#   bash http-edge/benches/failover.sh [EVENTS=8000] [CONCURRENCY=16] [RATE_PER_SEC=600] [RESTART_AFTER_SECS=6]
+# The two-core failover scenario (a core SIGKILLed, or frozen) at scale, on the release build
+# (see benches/failover.rs):
+#   bash http-edge/benches/failover.sh [EVENTS=8000] [CONCURRENCY=16] [RATE_PER_SEC=600] [RESTART_AFTER_SECS=6] [kill|freeze]
 # Needs redis-server (apt-get install -y redis-server) and the loopback addresses 127.0.0.2/3.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."

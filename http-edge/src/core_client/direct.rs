@@ -213,4 +213,36 @@ mod tests {
         let _stop = serve(addr).await;
         assert_eq!(check(&client).await.unwrap(), ServingStatus::Serving as i32);
     }
+
+    #[tokio::test]
+    async fn a_call_to_a_replica_that_answers_nothing_fails_within_the_keepalive() {
+        // A peer that accepts and then answers nothing at all, as a frozen process or a
+        // black-holed network does: the connection stays open.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let origin: http::Uri = format!("http://{addr}").parse().unwrap();
+        let direct = Direct::new(origin.authority().unwrap().clone(), Duration::from_secs(1));
+        let client = HealthClient::with_origin(BoxCloneSyncService::new(direct), origin);
+
+        let started = tokio::time::Instant::now();
+        let silent = tokio::time::timeout(Duration::from_secs(10), check(&client))
+            .await
+            .expect("the call ends on its own, not at the caller's deadline")
+            .unwrap_err();
+        let took = started.elapsed();
+        // An unanswered ping after a second of silence, and another second for its answer.
+        assert!(
+            took >= KEEPALIVE_INTERVAL && took < KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT * 2,
+            "failed after {took:?}"
+        );
+        // Raised on this side, with its cause: the client counts it as a broken connection,
+        // ejects the replica and retries the call on another.
+        assert!(std::error::Error::source(&silent).is_some(), "{silent:?}");
+    }
 }

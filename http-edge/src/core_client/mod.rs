@@ -648,10 +648,20 @@ fn classify(status: &Status) -> Failure {
     }
 }
 
-/// HTTP/2 keepalive of core connections: a ping this often, and the connection closed if one
-/// is not answered within the timeout.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 keepalive of core connections: a ping once nothing has come from the replica for the
+/// interval, and the connection closed if the ping is not answered within the timeout.
+///
+/// This is how a replica that hangs is found: a frozen process, or a node whose network drops
+/// packets, keeps its connections open and answers nothing, so no call through it fails; each
+/// would wait out the core deadline (`--core-timeout-ms`, 5 s) and be answered 504, half of all
+/// webhooks while it lasts. A core answers pings from its HTTP/2 connection task, however busy
+/// its handlers are, so within 2 s of the silence the connection closes, the calls on it fail
+/// as a broken connection, the replica is ejected, and they are retried on another replica
+/// with their deadline's remainder (by then the Redis claims of the frozen one, 1.5 s leases,
+/// have lapsed, so the other replica takes them over at once). A busy connection sends no
+/// pings: only silence costs one ping a second.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a connect to a replica may take, for a core deadline of `timeout`: a replica that
 /// does not accept within this is tried no longer, and the call fails over with most of its

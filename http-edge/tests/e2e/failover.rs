@@ -2,7 +2,8 @@
 //! one port, like two pods behind a headless Service) sharing Redis dedupe and a FIFO queue on
 //! the SQS-compatible fake (moto stalled for seconds under the load of parallel tests, which
 //! made this time-critical test fail for reasons that were not failover), one real edge listing
-//! both, and one core SIGKILLed mid-run and started again.
+//! both, and one core SIGKILLed mid-run and started again, or frozen (SIGSTOP) for longer than
+//! the edge's core deadline and thawed.
 
 use std::{
     sync::{Arc, Mutex},
@@ -13,11 +14,26 @@ use crate::{
     fake_sqs::{Behaviour, FakeSqs},
     harness::Edge,
     servers::{Server, free_port},
-    two_cores::{CoreProcess, Plan, send_through_a_kill},
+    two_cores::{CoreProcess, Fault, Plan, send_through_a_fault},
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_core_sigkilled_mid_run_refuses_nothing_and_loses_or_doubles_nothing() {
+    // Started again 3 s later, on the same address and data.
+    through_a_fault(Fault::Kill, Duration::from_secs(3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_frozen_mid_run_refuses_nothing_and_loses_or_doubles_nothing() {
+    // Frozen for longer than the edge's 5 s core deadline: its connection stays open and
+    // nothing on it answers, so only the edge noticing the silence saves the webhooks sent
+    // to it. Thawed, it must come back into rotation.
+    through_a_fault(Fault::Freeze, Duration::from_secs(7)).await;
+}
+
+/// Sends 300 webhooks, each once, through an edge in front of two cores, one of which suffers
+/// `fault` for `lasting`; every one must be acknowledged, and be on SQS once.
+async fn through_a_fault(fault: Fault, lasting: Duration) {
     let redis = Server::redis();
     // FIFO, as in production: the event id is the MessageDeduplicationId, which absorbs the
     // one copy a core can publish twice (killed after SQS took the event, before the dedupe
@@ -74,11 +90,12 @@ async fn a_core_sigkilled_mid_run_refuses_nothing_and_loses_or_doubles_nothing()
         events: 300,
         concurrency: 16,
         rate_per_sec: 25.0,
-        kill_at: 75,
-        restart_after: Duration::from_secs(3),
+        fault,
+        fault_at: 75,
+        recover_after: lasting,
         tag: format!("fo{}", free_port()),
     };
-    let run = send_through_a_kill(&edge.base, &plan, b.clone()).await;
+    let run = send_through_a_fault(&edge.base, &plan, b.clone()).await;
     let statuses = run.statuses();
     let logs = || {
         format!(
@@ -89,16 +106,16 @@ async fn a_core_sigkilled_mid_run_refuses_nothing_and_loses_or_doubles_nothing()
         )
     };
     assert!(
-        run.restarted_at < run.elapsed && run.sent_between(run.killed_at, run.restarted_at) > 50,
+        run.recovered_at < run.elapsed && run.sent_between(run.fault_at, run.recovered_at) > 50,
         "webhooks were sent while the core was down, and after it came back: {run:?}"
     );
-    let caught = run.sent_between(run.killed_at, run.killed_at);
+    let caught = run.sent_between(run.fault_at, run.fault_at);
     assert!(
         caught >= 3,
-        "the kill caught webhooks in flight: {caught}; statuses {statuses:?}, killed at {:?}, \
-         restarted at {:?}, run took {:?}, slowest {:?}\n{}",
-        run.killed_at,
-        run.restarted_at,
+        "the {fault:?} caught webhooks in flight: {caught}; statuses {statuses:?}, at {:?}, \
+         recovered at {:?}, run took {:?}, slowest {:?}\n{}",
+        run.fault_at,
+        run.recovered_at,
         run.elapsed,
         run.latency_quantile(1.0, Duration::ZERO, run.elapsed),
         logs()
@@ -132,16 +149,17 @@ async fn a_core_sigkilled_mid_run_refuses_nothing_and_loses_or_doubles_nothing()
     );
     assert!(
         edge_log.contains("back in rotation"),
-        "the restarted core was readmitted:\n{edge_log}"
+        "the recovered core was readmitted:\n{edge_log}"
     );
     eprintln!(
-        "failover: {} webhooks, statuses {statuses:?}, p99 {:?} overall, {:?} from the kill to 2 s after the restart",
+        "failover ({fault:?}): {} webhooks, statuses {statuses:?}, p99 {:?} overall, {:?} from the fault to 2 s after the recovery, slowest {:?}",
         plan.events,
         run.latency_quantile(0.99, Duration::ZERO, run.elapsed),
         run.latency_quantile(
             0.99,
-            run.killed_at,
-            run.restarted_at + Duration::from_secs(2)
+            run.fault_at,
+            run.recovered_at + Duration::from_secs(2)
         ),
+        run.latency_quantile(1.0, Duration::ZERO, run.elapsed),
     );
 }

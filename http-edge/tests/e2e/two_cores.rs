@@ -1,7 +1,8 @@
 //! Two real ingest-core processes behind one real edge, a sender that sends each event once,
-//! and a SIGKILL of one core mid-run followed by its restart. Shared by the e2e test (moto,
-//! small counts) and the failover bench (a fast SQS fake, large counts), which includes this
-//! file by path.
+//! and a fault of one core mid-run: a SIGKILL followed by a restart, or a SIGSTOP (a hung pod,
+//! or one whose network black-holes packets: its connections stay open and nothing answers)
+//! followed by a SIGCONT. Shared by the e2e tests (small counts) and the failover bench (large
+//! counts), which includes this file by path.
 
 use std::{
     collections::BTreeMap,
@@ -123,7 +124,26 @@ impl CoreProcess {
         }
     }
 
-    /// SIGKILL, at once: no drain, no settling of claims.
+    /// SIGSTOP: the process stops where it is, its sockets stay open, nothing answers.
+    pub(crate) fn freeze(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT: a frozen process goes on from where it stopped.
+    pub(crate) fn thaw(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let child = self.child.as_ref().expect("core running");
+        let status = Command::new("kill")
+            .args([which, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {which} {}", child.id());
+    }
+
+    /// SIGKILL, at once: no drain, no settling of claims (a stopped process dies too).
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -149,7 +169,16 @@ impl Drop for CoreProcess {
     }
 }
 
-/// What to send and when to kill.
+/// What happens to the victim core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// SIGKILL, then a restart on the same address and data.
+    Kill,
+    /// SIGSTOP, then SIGCONT.
+    Freeze,
+}
+
+/// What to send, and when the fault starts and ends.
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     /// Webhooks to send, each a different event, each once.
@@ -158,10 +187,12 @@ pub(crate) struct Plan {
     pub(crate) concurrency: usize,
     /// Webhooks started per second (spread evenly), so the kill and restart fall mid-run.
     pub(crate) rate_per_sec: f64,
-    /// The core is killed when this webhook is about to be sent.
-    pub(crate) kill_at: usize,
-    /// How long after the kill it is started again.
-    pub(crate) restart_after: Duration,
+    /// What happens to the core.
+    pub(crate) fault: Fault,
+    /// The fault starts when this webhook is about to be sent.
+    pub(crate) fault_at: usize,
+    /// How long after that the core is restarted (or thawed).
+    pub(crate) recover_after: Duration,
     /// Tag in every message id, so runs never share events.
     pub(crate) tag: String,
 }
@@ -183,9 +214,10 @@ pub(crate) struct Sent {
 #[derive(Debug)]
 pub(crate) struct Run {
     pub(crate) sent: Vec<Sent>,
-    /// When the core was killed and started again, from the start of the run.
-    pub(crate) killed_at: Duration,
-    pub(crate) restarted_at: Duration,
+    /// When the fault started and when the core was restarted (or thawed), from the start of
+    /// the run.
+    pub(crate) fault_at: Duration,
+    pub(crate) recovered_at: Duration,
     pub(crate) elapsed: Duration,
 }
 
@@ -216,7 +248,7 @@ impl Run {
     }
 
     /// The `q` quantile (0–1) of the latency of webhooks in flight at some time in
-    /// `[from, to)` (so those caught by a kill at `from` count too).
+    /// `[from, to)` (so those caught by a fault at `from` count too).
     pub(crate) fn latency_quantile(&self, q: f64, from: Duration, to: Duration) -> Duration {
         let mut took: Vec<Duration> = self
             .sent
@@ -263,9 +295,9 @@ pub(crate) fn bandwidth_inbound(id: &str) -> String {
     .to_string()
 }
 
-/// Sends `plan.events` webhooks to the edge at `base`, killing `victim` mid-run and starting it
-/// again `plan.restart_after` later.
-pub(crate) async fn send_through_a_kill(
+/// Sends `plan.events` webhooks to the edge at `base`, with `plan.fault` happening to `victim`
+/// mid-run and ending `plan.recover_after` later.
+pub(crate) async fn send_through_a_fault(
     base: &str,
     plan: &Plan,
     victim: Arc<Mutex<CoreProcess>>,
@@ -278,13 +310,13 @@ pub(crate) async fn send_through_a_kill(
     // Webhooks sent and not yet answered.
     let in_flight = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let killed_at = Arc::new(Mutex::new(None::<Duration>));
-    let restarter = Arc::new(Mutex::new(None::<tokio::task::JoinHandle<Duration>>));
+    let fault_at = Arc::new(Mutex::new(None::<Duration>));
+    let recovery = Arc::new(Mutex::new(None::<tokio::task::JoinHandle<Duration>>));
     let url = format!("{base}/bandwidth/15551234567");
     let workers = (0..plan.concurrency).map(|_| {
         let (client, next, plan, url) = (client.clone(), next.clone(), plan.clone(), url.clone());
         let in_flight = in_flight.clone();
-        let (victim, killed_at, restarter) = (victim.clone(), killed_at.clone(), restarter.clone());
+        let (victim, fault_at, recovery) = (victim.clone(), fault_at.clone(), recovery.clone());
         tokio::spawn(async move {
             let mut sent = Vec::new();
             loop {
@@ -294,25 +326,32 @@ pub(crate) async fn send_through_a_kill(
                 }
                 let due = start + Duration::from_secs_f64(i as f64 / plan.rate_per_sec);
                 tokio::time::sleep_until(due.into()).await;
-                if i == plan.kill_at {
-                    // The kill is to catch webhooks in flight. At a low pace with SQS batches
+                if i == plan.fault_at {
+                    // The fault is to catch webhooks in flight. At a low pace with SQS batches
                     // lingering, a fixed moment can fall just after both cores' batches left
                     // (one or two in flight): wait, at most 2 s, until at least three are.
                     let wait_until = Instant::now() + Duration::from_secs(2);
                     while in_flight.load(Ordering::Relaxed) < 3 && Instant::now() < wait_until {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
-                    victim.lock().unwrap().kill();
-                    *killed_at.lock().unwrap() = Some(start.elapsed());
-                    let (victim, after) = (victim.clone(), plan.restart_after);
-                    *restarter.lock().unwrap() = Some(tokio::spawn(async move {
+                    match plan.fault {
+                        Fault::Kill => victim.lock().unwrap().kill(),
+                        Fault::Freeze => victim.lock().unwrap().freeze(),
+                    }
+                    *fault_at.lock().unwrap() = Some(start.elapsed());
+                    let (victim, after, fault) = (victim.clone(), plan.recover_after, plan.fault);
+                    *recovery.lock().unwrap() = Some(tokio::spawn(async move {
                         tokio::time::sleep(after).await;
                         tokio::task::spawn_blocking(move || {
-                            victim.lock().unwrap().restart();
+                            let mut victim = victim.lock().unwrap();
+                            match fault {
+                                Fault::Kill => victim.restart(),
+                                Fault::Freeze => victim.thaw(),
+                            }
                             start.elapsed()
                         })
                         .await
-                        .expect("restart")
+                        .expect("recovery")
                     }));
                 }
                 let body = bandwidth_inbound(&format!("{}-{i}", plan.tag));
@@ -354,13 +393,13 @@ pub(crate) async fn send_through_a_kill(
         sent.extend(worker.await.expect("sender task"));
     }
     let elapsed = start.elapsed();
-    let restart = restarter.lock().unwrap().take().expect("the kill happened");
-    let restarted_at = restart.await.expect("restart task");
-    let killed_at = killed_at.lock().unwrap().expect("the kill happened");
+    let recovery = recovery.lock().unwrap().take().expect("the fault happened");
+    let recovered_at = recovery.await.expect("recovery task");
+    let fault_at = fault_at.lock().unwrap().expect("the fault happened");
     Run {
         sent,
-        killed_at,
-        restarted_at,
+        fault_at,
+        recovered_at,
         elapsed,
     }
 }
