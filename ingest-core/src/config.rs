@@ -148,9 +148,11 @@ pub struct CoreConfig {
     /// Most SendMessageBatch calls in flight per queue.
     #[arg(long, env = "INGEST_SQS_MAX_IN_FLIGHT_BATCHES", default_value_t = 64)]
     pub sqs_max_in_flight_batches: usize,
-    /// How long one event may take to reach SQS, retries included, in milliseconds; then the
-    /// call fails and the submitter retries. Must be below the gRPC deadline.
-    #[arg(long, env = "INGEST_SQS_PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
+    /// How long one event may take to reach SQS, retries included, in milliseconds; then it is
+    /// stored in the outbox. Must be below the gRPC deadline, and below the edge's
+    /// `--core-timeout-ms` (5 s) with room for the outbox write, or the edge answers 504 for an
+    /// event the core then keeps.
+    #[arg(long, env = "INGEST_SQS_PUBLISH_TIMEOUT_MS", default_value_t = 3_000)]
     pub sqs_publish_timeout_ms: u64,
     /// Timeout of one SQS HTTP call, in milliseconds.
     #[arg(long, env = "INGEST_SQS_CALL_TIMEOUT_MS", default_value_t = 2_000)]

@@ -1,6 +1,7 @@
 //! Store-and-forward through the real binary: an SQS endpoint that fails on command (HTTP 500
-//! `InternalError` on every call), carriers that send each event once, and counts of what was
-//! sent, acknowledged and delivered. A test passes only when nothing acknowledged is missing.
+//! `InternalError` on every call) or hangs (holds every call without an answer), carriers that
+//! send each event once, and counts of what was sent, acknowledged and delivered. A test passes
+//! only when nothing acknowledged is missing.
 
 use std::{
     collections::HashMap,
@@ -175,6 +176,61 @@ async fn an_sqs_outage_mid_run_loses_nothing_and_duplicates_nothing() {
         "bandwidth"
     );
     assert_eq!(entry["MessageAttributes"]["kind"]["StringValue"], "inbound");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sqs_that_hangs_mid_run_gets_every_webhook_a_200_within_the_deadline() {
+    // One carrier connection sending one webhook at a time: the slowest case for the circuit
+    // breaker (one call in flight, each failing only when its 2 s call timeout ends), so the
+    // event caught by the hang must go to the outbox at the publish timeout (3 s), before the
+    // edge's 5 s core deadline answers 504 for it.
+    const BEFORE: usize = 10;
+    const DURING: usize = 20;
+    const AFTER: usize = 10;
+    let fake = FakeSqs::start(crate::fake_sqs::Behaviour::default()).await;
+    let queue = fake.queue_url("hang-in.fifo");
+    let env = sqs_env(&fake, &queue);
+    let edge = Edge::start(&["--insecure-skip-verify"], &env_refs(&env)).await;
+
+    let mut results = Vec::new();
+    for i in 0..BEFORE + DURING + AFTER {
+        if i == BEFORE {
+            fake.set_hanging(true);
+        }
+        if i == BEFORE + DURING {
+            fake.set_hanging(false);
+        }
+        results.push(send(&edge, "hang", i).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids: Vec<String> = results.iter().filter_map(|s| s.event_id.clone()).collect();
+    let accepted = wait_delivered(&fake, &ids, Duration::from_secs(30)).await;
+    let missing = ids.iter().filter(|id| !accepted.contains_key(*id)).count();
+    let slowest = results.iter().map(|s| s.elapsed).max().unwrap_or_default();
+    let statuses: Vec<u16> = results.iter().map(|s| s.status).collect();
+    eprintln!(
+        "hang: sent {}, acknowledged {}, delivered {}, missing {missing}, calls held {}, slowest {slowest:?}",
+        results.len(),
+        ids.len(),
+        accepted.len(),
+        fake.calls_hung(),
+    );
+    assert!(fake.calls_hung() > 0, "the hang happened");
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "every webhook acknowledged: {statuses:?}\n{}",
+        edge.log()
+    );
+    assert!(
+        slowest < Duration::from_millis(4500),
+        "answered before the edge's deadline: {slowest:?}"
+    );
+    assert_eq!(missing, 0, "every acknowledged event reached SQS");
+    assert!(
+        accepted.values().all(|n| *n == 1),
+        "none twice: {accepted:?}"
+    );
+    assert_eq!(accepted.len(), BEFORE + DURING + AFTER);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

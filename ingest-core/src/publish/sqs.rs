@@ -81,7 +81,7 @@ impl Default for SqsSettings {
         Self {
             linger: Duration::from_millis(5),
             max_in_flight_batches: 64,
-            publish_timeout: Duration::from_secs(5),
+            publish_timeout: Duration::from_secs(3),
             call_timeout: Duration::from_secs(2),
             breaker_failures: 3,
         }
@@ -580,25 +580,29 @@ impl Publisher for SqsPublisher {
     async fn publish(&self, queue: &str, event: &OutboundEvent) -> Result<(), PublishError> {
         let (entry, size) = entry_for(queue, event);
         let (reply, result) = oneshot::channel();
+        let deadline = Instant::now() + self.settings.publish_timeout;
         let pending = Pending {
             entry,
             size,
-            deadline: Instant::now() + self.settings.publish_timeout,
+            deadline,
             attempts: 0,
             reply,
         };
         self.batcher(queue)
             .send(pending)
             .map_err(|_| PublishError::Closed)?;
-        // The batcher answers by the deadline plus one call; this bound only guards against bugs.
-        let bound =
-            self.settings.publish_timeout + self.settings.call_timeout + Duration::from_secs(1);
-        match tokio::time::timeout(bound, result).await {
+        // The caller's wait ends at the deadline, even while a call with the entry is still out:
+        // an SQS that hangs (no answer, no error) would otherwise hold it until that call's own
+        // timeout, past the deadline the edge gives the core. The caller then stores the event
+        // in the outbox; should the call still succeed, the relay sends it a second time (same
+        // event id, which a FIFO queue's deduplication drops).
+        match tokio::time::timeout_at(deadline, result).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(PublishError::Closed),
-            Err(_) => Err(PublishError::Unavailable(
-                "no answer from the SQS batcher".into(),
-            )),
+            Err(_) => Err(PublishError::Unavailable(format!(
+                "SQS did not answer within the publish timeout ({} ms)",
+                self.settings.publish_timeout.as_millis()
+            ))),
         }
     }
 

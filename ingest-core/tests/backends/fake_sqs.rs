@@ -62,7 +62,9 @@ struct Fake {
     batch_calls: AtomicU64,
     entries_failed: AtomicU64,
     calls_failed: AtomicU64,
+    calls_hung: AtomicU64,
     failing: std::sync::atomic::AtomicBool,
+    hanging: std::sync::atomic::AtomicBool,
     /// Calls answered after the latency, and the microseconds they waited in all.
     delayed: AtomicU64,
     delayed_us: AtomicU64,
@@ -86,7 +88,9 @@ impl FakeSqs {
             batch_calls: AtomicU64::new(0),
             entries_failed: AtomicU64::new(0),
             calls_failed: AtomicU64::new(0),
+            calls_hung: AtomicU64::new(0),
             failing: std::sync::atomic::AtomicBool::new(false),
+            hanging: std::sync::atomic::AtomicBool::new(false),
             delayed: AtomicU64::new(0),
             delayed_us: AtomicU64::new(0),
             seen: Mutex::new(Seen::default()),
@@ -134,10 +138,24 @@ impl FakeSqs {
         self.fake.failing.store(failing, Ordering::Relaxed);
     }
 
+    /// Starts (true) or ends (false) a hang: while it lasts every call that arrives is held
+    /// open and never answered (the caller's timeout ends it), as an endpoint behind a
+    /// black-holed network or a stalled load balancer would do.
+    #[allow(dead_code)]
+    pub(crate) fn set_hanging(&self, hanging: bool) {
+        self.fake.hanging.store(hanging, Ordering::Relaxed);
+    }
+
     /// Calls answered with HTTP 500 during outages so far.
     #[allow(dead_code)]
     pub(crate) fn calls_failed(&self) -> u64 {
         self.fake.calls_failed.load(Ordering::Relaxed)
+    }
+
+    /// Calls held without an answer during hangs so far.
+    #[allow(dead_code)]
+    pub(crate) fn calls_hung(&self) -> u64 {
+        self.fake.calls_hung.load(Ordering::Relaxed)
     }
 
     /// The last accepted entry for `event_id`, as sent (attributes, FIFO ids).
@@ -183,6 +201,10 @@ async fn handle(State(fake): State<Arc<Fake>>, headers: HeaderMap, body: Bytes) 
         fake.delayed.fetch_add(1, Ordering::Relaxed);
         fake.delayed_us
             .fetch_add(arrived.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+    if fake.hanging.load(Ordering::Relaxed) {
+        fake.calls_hung.fetch_add(1, Ordering::Relaxed);
+        return std::future::pending().await;
     }
     if fake.failing.load(Ordering::Relaxed) {
         fake.calls_failed.fetch_add(1, Ordering::Relaxed);

@@ -21,6 +21,17 @@ fn event(id: &str) -> OutboundEvent {
 }
 
 async fn publisher_for(fake: &FakeSqs) -> Arc<SqsPublisher> {
+    publisher_with(
+        fake,
+        SqsSettings {
+            linger: Duration::from_millis(20),
+            ..SqsSettings::default()
+        },
+    )
+    .await
+}
+
+async fn publisher_with(fake: &FakeSqs, settings: SqsSettings) -> Arc<SqsPublisher> {
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(format!("http://{}", fake.addr))
@@ -29,13 +40,7 @@ async fn publisher_for(fake: &FakeSqs) -> Arc<SqsPublisher> {
         ))
         .load()
         .await;
-    Arc::new(SqsPublisher::new(
-        &aws,
-        SqsSettings {
-            linger: Duration::from_millis(20),
-            ..SqsSettings::default()
-        },
-    ))
+    Arc::new(SqsPublisher::new(&aws, settings))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,4 +90,51 @@ async fn partially_failed_batches_retry_only_the_failed_entries() {
     assert_eq!(stats.messages_sent, EVENTS as u64);
     assert_eq!(stats.batch_calls, fake.batch_calls());
     assert!(stats.batch_calls < EVENTS as u64, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_to_an_sqs_that_hangs_gives_up_at_its_deadline() {
+    let fake = FakeSqs::start(Behaviour::default()).await;
+    let queue = fake.queue_url("hang");
+    let publish_timeout = Duration::from_millis(600);
+    let publisher = publisher_with(
+        &fake,
+        SqsSettings {
+            linger: Duration::from_millis(5),
+            publish_timeout,
+            // Longer than the publish timeout: the call with the entry is still out when the
+            // deadline passes.
+            call_timeout: Duration::from_millis(1500),
+            ..SqsSettings::default()
+        },
+    )
+    .await;
+    publisher.check(&queue).await.expect("queue answers");
+
+    fake.set_hanging(true);
+    let started = std::time::Instant::now();
+    let result = publisher.publish(&queue, &event("held")).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(result, Err(PublishError::Unavailable(_))),
+        "an error the caller stores in the outbox: {result:?}"
+    );
+    assert!(
+        took >= publish_timeout && took < publish_timeout + Duration::from_millis(300),
+        "answered at the deadline, not when the call gives up: {took:?}"
+    );
+    assert!(fake.calls_hung() >= 1, "the call reached the fake");
+
+    // Once the endpoint answers again, so does the publisher.
+    fake.set_hanging(false);
+    publisher
+        .publish(&queue, &event("after"))
+        .await
+        .expect("published once SQS answers");
+    assert_eq!(fake.accepted().get("after"), Some(&1));
+    assert_eq!(
+        fake.accepted().get("held"),
+        None,
+        "a held call takes nothing"
+    );
 }
