@@ -28,7 +28,18 @@ impl Edge {
 
     /// Edge + embedded core with the given extra flags and environment.
     pub(crate) async fn start(args: &[&str], env: &[(&str, &str)]) -> Edge {
-        Edge::launch(None, args, env, "/readyz", true).await
+        Edge::launch(None, &[], args, env, "/readyz", true).await
+    }
+
+    /// Like [`Edge::start`], started through `wrapper` (a command that ends by exec'ing the
+    /// binary and its arguments, which follow the wrapper's own), so [`Edge::pid`] is the edge's.
+    pub(crate) async fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Edge {
+        Edge::launch(None, wrapper, args, &[], "/readyz", true).await
+    }
+
+    /// The process id, while it runs.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// Like [`Edge::start`], over the data directory of an earlier run (a restart).
@@ -37,7 +48,7 @@ impl Edge {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Edge {
-        Edge::launch(Some(data), args, env, "/readyz", true).await
+        Edge::launch(Some(data), &[], args, env, "/readyz", true).await
     }
 
     /// Takes the data directory out of a stopped edge, to start another on it.
@@ -59,12 +70,13 @@ impl Edge {
     ) -> Edge {
         let mut all = vec!["--insecure-skip-verify", "--core-url", core_url];
         all.extend_from_slice(args);
-        Edge::launch(None, &all, env, "/livez", false).await
+        Edge::launch(None, &[], &all, env, "/livez", false).await
     }
 
     /// Starts the binary (with the core embedded or not) and waits for `probe` to answer 200.
     async fn launch(
         mut reuse: Option<tempfile::TempDir>,
+        wrapper: &[&str],
         args: &[&str],
         env: &[(&str, &str)],
         probe: &str,
@@ -79,7 +91,14 @@ impl Edge {
                 .append(true)
                 .open(data.path().join("edge.log"))
                 .unwrap();
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_http-edge"));
+            let mut cmd = match wrapper.split_first() {
+                Some((program, rest)) => {
+                    let mut cmd = Command::new(program);
+                    cmd.args(rest).arg(env!("CARGO_BIN_EXE_http-edge"));
+                    cmd
+                }
+                None => Command::new(env!("CARGO_BIN_EXE_http-edge")),
+            };
             if embedded {
                 cmd.arg("--embedded-core");
             }

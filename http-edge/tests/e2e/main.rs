@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod conformance;
 mod dedupe;
+mod disk_full;
 mod failover;
 // The SQS-compatible endpoint that fails on command, shared with ingest-core's tests.
 #[path = "../../../ingest-core/tests/backends/fake_sqs.rs"]
