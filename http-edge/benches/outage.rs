@@ -6,10 +6,11 @@
 //! how long it took to drain.
 //!
 //! `cargo bench -p http-edge --bench outage -- [EVENTS] [RATE_PER_SEC] [OUTAGE_SECS] [CONCURRENCY]
-//! [kill]` (defaults 6000 200 20 16). With `kill`, the process is SIGKILLed in the middle of the
-//! outage, with acknowledged events in its outbox, and started again on the same data directory;
-//! calls that find it down are counted apart (never acknowledged). Exits non-zero if anything
-//! acknowledged is missing or duplicated.
+//! [kill] [hang]` (defaults 6000 200 20 16). With `kill`, the process is SIGKILLed in the middle
+//! of the outage, with acknowledged events in its outbox, and started again on the same data
+//! directory; calls that find it down are counted apart (never acknowledged). With `hang`, the
+//! endpoint does not fail calls during the outage but holds them without an answer. Exits
+//! non-zero if anything acknowledged is missing or duplicated.
 
 #[path = "../../ingest-core/tests/backends/fake_sqs.rs"]
 #[allow(dead_code)]
@@ -83,6 +84,8 @@ async fn main() {
     // `kill`: SIGKILL the process in the middle of the outage (its outbox full of acknowledged
     // events) and start it again on the same data directory.
     let kill = std::env::args().any(|a| a == "kill");
+    // `hang`: during the outage SQS holds every call without an answer instead of failing it.
+    let hang = std::env::args().any(|a| a == "hang");
     let fake = Arc::new(
         FakeSqs::start(Behaviour {
             latency: Duration::from_millis(5),
@@ -213,7 +216,11 @@ async fn main() {
                     tokio::time::sleep_until(due.into()).await;
                     let t = started.elapsed();
                     let failing = t >= outage_from && t < outage_to;
-                    fake.set_failing(failing);
+                    if hang {
+                        fake.set_hanging(failing);
+                    } else {
+                        fake.set_failing(failing);
+                    }
                     if !failing && t >= outage_to {
                         outage_end.lock().unwrap().get_or_insert_with(Instant::now);
                     }
@@ -244,6 +251,7 @@ async fn main() {
         s.await.unwrap();
     }
     fake.set_failing(false);
+    fake.set_hanging(false);
     outage_end.lock().unwrap().get_or_insert_with(Instant::now);
     let results = std::mem::take(&mut *results.lock().unwrap());
     let acked: Vec<&String> = results
@@ -302,14 +310,15 @@ async fn main() {
     );
     println!(
         "outage {outage_secs} s from t={:.1} s: {} webhooks during it, p50 {:?} p99 {:?} max {:?}; \
-         whole run p99 {:?}; SQS calls failed {}",
+         whole run p99 {:?}; SQS calls failed {}, held without an answer {}",
         outage_from.as_secs_f64(),
         during.len(),
         quantile(&during, 0.5),
         quantile(&during, 0.99),
         during.last().copied().unwrap_or_default(),
         quantile(&all, 0.99),
-        fake.calls_failed()
+        fake.calls_failed(),
+        fake.calls_hung()
     );
     if let Some(killer) = killer {
         let (at, down_for) = killer.await.unwrap();
