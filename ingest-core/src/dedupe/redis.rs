@@ -56,6 +56,17 @@ const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 ";
+/// Sets the committed marker with the given TTL unless the key holds a commit or another
+/// store's claim; a claim of this store's own (its token starts with `ARGV[3]`) is replaced.
+/// Returns 1 when set.
+const HAND_OVER: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v == false or string.sub(v, 1, string.len(ARGV[3])) == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
 /// Deletes the key if the caller still holds the claim.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -92,6 +103,7 @@ pub struct RedisDedupe {
     commit: Script,
     release: Script,
     renew: Script,
+    hand_over: Script,
     /// The renewal task of every claim this process holds, by token.
     renewals: Mutex<HashMap<String, AbortHandle>>,
 }
@@ -126,6 +138,7 @@ impl RedisDedupe {
             commit: Script::new(COMMIT),
             release: Script::new(RELEASE),
             renew: Script::new(RENEW),
+            hand_over: Script::new(HAND_OVER),
             renewals: Mutex::new(HashMap::new()),
             settings,
         })
@@ -144,23 +157,24 @@ impl RedisDedupe {
             .map(drop)
     }
 
-    /// Records `id` as already published for `ttl`, unless Redis already has an entry for it (a
-    /// live claim of another replica, or a commit). Used to hand over what was deduped in
-    /// memory during an outage.
+    /// Records `id` as already published for `ttl`, unless Redis already has a commit for it or
+    /// another replica's claim (that replica is publishing it and will commit). Used to hand over
+    /// what was deduped in memory during an outage.
+    ///
+    /// A claim of this store's own is replaced. It can only be a stale one: when Redis hung
+    /// rather than went away, the claims sent to it while it hung timed out here, and this store
+    /// fell back to memory for those events; but Redis still had the commands in its socket and
+    /// ran them once it went on, leaving claims nobody will settle. Left alone, such a claim
+    /// would block the hand-over until its lease lapsed, and a retry on another replica after
+    /// that would publish the event again.
     pub async fn mark_committed(&self, id: &str, ttl: Duration) -> Result<(), DedupeError> {
-        let mut conn = self.conn.clone();
-        let key = self.key(id);
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.timed(async move {
-            ::redis::cmd("SET")
-                .arg(&key)
-                .arg(COMMITTED)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_ms)
-                .query_async::<Option<String>>(&mut conn)
-                .await
-        })
+        let own = format!("{}:", self.node);
+        self.run(
+            &self.hand_over,
+            &self.key(id),
+            &[COMMITTED, &ttl_ms.to_string(), &own],
+        )
         .await
         .map(drop)
     }

@@ -1,4 +1,4 @@
-//! Redis dedupe across core replicas, and its fallback to memory while Redis is down.
+//! Redis dedupe across core replicas, and its fallback to memory while Redis is down or hangs.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -172,6 +172,80 @@ async fn redis_outage_falls_back_to_memory_and_dedupe_resumes() {
     for id in [&before.event_id, &during.event_id, &first.event_id] {
         assert_eq!(ids.iter().filter(|i| **i == id.as_str()).count(), 1);
     }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_is_an_outage_too_events_are_taken_and_dedupe_resumes() {
+    let moto = Server::moto();
+    let mut redis = Server::redis();
+    let sqs = Sqs::new(&moto).await;
+    let queue = sqs.create_queue(&unique("frozen")).await;
+    let redis_url = format!("redis://{}", redis.addr());
+    let prefix = unique("frozen") + ":";
+    let config = core_config(&sqs_redis_flags(
+        &queue,
+        &redis_url,
+        &prefix,
+        &["--redis-timeout-ms=300"],
+    ));
+    let aws = aws_for(&moto).await;
+    let a = Core::from_config(&config, &aws).await;
+    let b = Core::from_config(&config, &aws).await;
+    a.wait_health(ServingStatus::Serving, READY_WITHIN).await;
+    b.wait_health(ServingStatus::Serving, READY_WITHIN).await;
+    let first = submit_inbound(&a.client, inbound(Carrier::Twilio, "SM-f1"))
+        .await
+        .expect("redis up");
+    assert_eq!(outcome(&first), Outcome::Accepted);
+
+    // Its connection stays open and nothing answers: no error ever arrives, only silence.
+    redis.freeze();
+    let started = std::time::Instant::now();
+    let during = submit_inbound(&a.client, inbound(Carrier::Twilio, "SM-f2"))
+        .await
+        .expect("taken although Redis hangs");
+    assert_eq!(outcome(&during), Outcome::Accepted);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "bounded by the Redis timeout, not by the hang: {:?}",
+        started.elapsed()
+    );
+    assert!(a.pipeline.dedupe().degraded(), "fallback is visible");
+    let started = std::time::Instant::now();
+    let retry = submit_inbound(&a.client, inbound(Carrier::Twilio, "SM-f2"))
+        .await
+        .expect("retry while frozen");
+    assert_eq!(outcome(&retry), Outcome::Duplicate);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "once degraded, calls do not wait for Redis: {:?}",
+        started.elapsed()
+    );
+
+    // Thawed, the core goes back to Redis and hands over what it took meanwhile.
+    redis.thaw();
+    let mut probes = 0;
+    while a.pipeline.dedupe().degraded() {
+        probes += 1;
+        assert!(probes < 100, "dedupe did not return to Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = submit_inbound(
+            &a.client,
+            inbound(Carrier::Twilio, &format!("SM-fprobe-{probes}")),
+        )
+        .await
+        .expect("taken while probing");
+        assert_eq!(outcome(&r), Outcome::Accepted);
+    }
+    let handed_over = submit_inbound(&b.client, inbound(Carrier::Twilio, "SM-f2"))
+        .await
+        .expect("retry on the other replica");
+    assert_eq!(outcome(&handed_over), Outcome::Duplicate);
+
+    let got = sqs.drain(&queue).await;
+    assert_eq!(got.len(), 2 + probes, "each event once");
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -190,3 +190,34 @@ async fn a_stuck_holder_stops_renewing_after_its_longest_hold() {
     other.commit("k", &taken).await.unwrap();
     assert_eq!(stuck.claim("k").await.unwrap(), Claim::Duplicate);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_over_replaces_only_its_own_claims_and_never_a_commit() {
+    let redis = Server::redis();
+    let prefix = unique("handover") + ":";
+    let wait = Duration::from_millis(300);
+    let a = store(&redis, &prefix, Duration::from_secs(30), wait);
+    let b = store(&redis, &prefix, Duration::from_secs(30), wait);
+    let ttl = Duration::from_secs(60);
+
+    // Nothing there: marked committed.
+    a.mark_committed("free", ttl).await.unwrap();
+    assert_eq!(b.claim("free").await.unwrap(), Claim::Duplicate);
+
+    // Its own claim (what a claim Redis ran late, after a hang, leaves): replaced, so a retry
+    // on another replica is a duplicate at once instead of waiting out the lease.
+    let _stale = acquire(&a, "own").await;
+    a.mark_committed("own", ttl).await.unwrap();
+    assert_eq!(b.claim("own").await.unwrap(), Claim::Duplicate);
+
+    // Another replica's live claim: kept. That replica is publishing the event; its commit
+    // settles it.
+    let theirs = acquire(&b, "theirs").await;
+    a.mark_committed("theirs", ttl).await.unwrap();
+    assert!(
+        matches!(a.claim("theirs").await, Err(DedupeError::Contended)),
+        "the claim still holds"
+    );
+    b.commit("theirs", &theirs).await.unwrap();
+    assert_eq!(a.claim("theirs").await.unwrap(), Claim::Duplicate);
+}

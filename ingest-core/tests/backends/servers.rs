@@ -51,6 +51,7 @@ pub(crate) struct Server {
     args: Vec<String>,
     port: u16,
     child: Option<Child>,
+    frozen: bool,
 }
 
 impl Server {
@@ -73,6 +74,7 @@ impl Server {
             ],
             port,
             child: None,
+            frozen: false,
         };
         s.start();
         s
@@ -102,6 +104,7 @@ impl Server {
             args,
             port,
             child: None,
+            frozen: false,
         };
         s.start();
         s
@@ -145,8 +148,36 @@ impl Server {
         }
     }
 
+    /// Freezes the server (SIGSTOP to the process `timeout` runs): its connections stay open
+    /// and nothing answers, as with a hung host or a network that drops packets.
+    #[allow(dead_code)]
+    pub(crate) fn freeze(&mut self) {
+        self.signal_server("-STOP");
+        self.frozen = true;
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    #[allow(dead_code)]
+    pub(crate) fn thaw(&mut self) {
+        self.signal_server("-CONT");
+        self.frozen = false;
+    }
+
+    fn signal_server(&self, which: &str) {
+        let child = self.child.as_ref().expect("server running");
+        // `timeout` runs the server as its child.
+        let status = Command::new("pkill")
+            .args([which, "-P", &child.id().to_string()])
+            .status()
+            .expect("run pkill");
+        assert!(status.success(), "pkill {which} -P {}", child.id());
+    }
+
     /// Stops the server (SIGTERM, forwarded by `timeout`) and waits until it is gone.
     pub(crate) fn stop(&mut self) {
+        if self.frozen {
+            self.thaw();
+        }
         let Some(mut child) = self.child.take() else {
             return;
         };
