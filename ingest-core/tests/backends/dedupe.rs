@@ -13,6 +13,65 @@ use crate::support::{
 
 const READY_WITHIN: Duration = Duration::from_secs(20);
 
+/// Two cores sharing a fresh redis-server (calls to it time out after 300 ms) and a queue on
+/// moto, both serving.
+struct TwoCores {
+    /// Kept to the end of the test (bind it: `..` would drop it at once).
+    _moto: Server,
+    redis: Server,
+    sqs: Sqs,
+    queue: String,
+    a: Core,
+    b: Core,
+}
+
+async fn two_cores_sharing_redis(stem: &str) -> TwoCores {
+    let moto = Server::moto();
+    let redis = Server::redis();
+    let sqs = Sqs::new(&moto).await;
+    let queue = sqs.create_queue(&unique(stem)).await;
+    let redis_url = format!("redis://{}", redis.addr());
+    let prefix = unique(stem) + ":";
+    let config = core_config(&sqs_redis_flags(
+        &queue,
+        &redis_url,
+        &prefix,
+        &["--redis-timeout-ms=300"],
+    ));
+    let aws = aws_for(&moto).await;
+    let a = Core::from_config(&config, &aws).await;
+    let b = Core::from_config(&config, &aws).await;
+    a.wait_health(ServingStatus::Serving, READY_WITHIN).await;
+    b.wait_health(ServingStatus::Serving, READY_WITHIN).await;
+    TwoCores {
+        _moto: moto,
+        redis,
+        sqs,
+        queue,
+        a,
+        b,
+    }
+}
+
+/// Submits new events to `core` until its dedupe is back on Redis (a degraded store probes
+/// Redis when called); each must be accepted. Returns how many it took.
+async fn submit_until_back_on_redis(core: &Core, stem: &str) -> usize {
+    let mut probes = 0;
+    while core.pipeline.dedupe().degraded() {
+        probes += 1;
+        assert!(probes < 100, "dedupe did not return to Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = submit_inbound(
+            &core.client,
+            inbound(Carrier::Twilio, &format!("{stem}-{probes}")),
+        )
+        .await
+        .expect("taken while probing");
+        assert_eq!(outcome(&r), Outcome::Accepted);
+    }
+    probes
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_cores_sharing_redis_publish_each_event_once() {
     const EVENTS: usize = 20;
@@ -86,23 +145,14 @@ async fn two_cores_sharing_redis_publish_each_event_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_falls_back_to_memory_and_dedupe_resumes() {
-    let moto = Server::moto();
-    let mut redis = Server::redis();
-    let sqs = Sqs::new(&moto).await;
-    let queue = sqs.create_queue(&unique("fallback")).await;
-    let redis_url = format!("redis://{}", redis.addr());
-    let prefix = unique("fallback") + ":";
-    let config = core_config(&sqs_redis_flags(
-        &queue,
-        &redis_url,
-        &prefix,
-        &["--redis-timeout-ms=300"],
-    ));
-    let aws = aws_for(&moto).await;
-    let a = Core::from_config(&config, &aws).await;
-    let b = Core::from_config(&config, &aws).await;
-    a.wait_health(ServingStatus::Serving, READY_WITHIN).await;
-    b.wait_health(ServingStatus::Serving, READY_WITHIN).await;
+    let TwoCores {
+        mut redis,
+        sqs,
+        queue,
+        a,
+        b,
+        _moto,
+    } = two_cores_sharing_redis("fallback").await;
 
     let before = submit_inbound(&a.client, inbound(Carrier::Twilio, "SM-before"))
         .await
@@ -127,19 +177,7 @@ async fn redis_outage_falls_back_to_memory_and_dedupe_resumes() {
 
     // Redis returns empty (no persistence). The core probes it and switches back.
     redis.start();
-    let mut probes = 0;
-    while a.pipeline.dedupe().degraded() {
-        probes += 1;
-        assert!(probes < 100, "dedupe did not return to Redis");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let r = submit_inbound(
-            &a.client,
-            inbound(Carrier::Twilio, &format!("SM-probe-{probes}")),
-        )
-        .await
-        .expect("taken while probing");
-        assert_eq!(outcome(&r), Outcome::Accepted);
-    }
+    let probes = submit_until_back_on_redis(&a, "SM-probe").await;
 
     // What replica a published during the outage was handed over: a retry that now reaches
     // replica b is a duplicate, not a second message.
@@ -178,23 +216,14 @@ async fn redis_outage_falls_back_to_memory_and_dedupe_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_is_an_outage_too_events_are_taken_and_dedupe_resumes() {
-    let moto = Server::moto();
-    let mut redis = Server::redis();
-    let sqs = Sqs::new(&moto).await;
-    let queue = sqs.create_queue(&unique("frozen")).await;
-    let redis_url = format!("redis://{}", redis.addr());
-    let prefix = unique("frozen") + ":";
-    let config = core_config(&sqs_redis_flags(
-        &queue,
-        &redis_url,
-        &prefix,
-        &["--redis-timeout-ms=300"],
-    ));
-    let aws = aws_for(&moto).await;
-    let a = Core::from_config(&config, &aws).await;
-    let b = Core::from_config(&config, &aws).await;
-    a.wait_health(ServingStatus::Serving, READY_WITHIN).await;
-    b.wait_health(ServingStatus::Serving, READY_WITHIN).await;
+    let TwoCores {
+        mut redis,
+        sqs,
+        queue,
+        a,
+        b,
+        _moto,
+    } = two_cores_sharing_redis("frozen").await;
     let first = submit_inbound(&a.client, inbound(Carrier::Twilio, "SM-f1"))
         .await
         .expect("redis up");
@@ -226,19 +255,7 @@ async fn a_frozen_redis_is_an_outage_too_events_are_taken_and_dedupe_resumes() {
 
     // Thawed, the core goes back to Redis and hands over what it took meanwhile.
     redis.thaw();
-    let mut probes = 0;
-    while a.pipeline.dedupe().degraded() {
-        probes += 1;
-        assert!(probes < 100, "dedupe did not return to Redis");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let r = submit_inbound(
-            &a.client,
-            inbound(Carrier::Twilio, &format!("SM-fprobe-{probes}")),
-        )
-        .await
-        .expect("taken while probing");
-        assert_eq!(outcome(&r), Outcome::Accepted);
-    }
+    let probes = submit_until_back_on_redis(&a, "SM-fprobe").await;
     let handed_over = submit_inbound(&b.client, inbound(Carrier::Twilio, "SM-f2"))
         .await
         .expect("retry on the other replica");
