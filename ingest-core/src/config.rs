@@ -149,9 +149,8 @@ pub struct CoreConfig {
     #[arg(long, env = "INGEST_SQS_MAX_IN_FLIGHT_BATCHES", default_value_t = 64)]
     pub sqs_max_in_flight_batches: usize,
     /// How long one event may take to reach SQS, retries included, in milliseconds; then it is
-    /// stored in the outbox. Must be below the gRPC deadline, and below the edge's
-    /// `--core-timeout-ms` (5 s) with room for the outbox write, or the edge answers 504 for an
-    /// event the core then keeps.
+    /// stored in the outbox. A caller's shorter gRPC deadline shortens it (the event is stored
+    /// 250 ms before that deadline). Must be below `--grpc-request-timeout-ms`.
     #[arg(long, env = "INGEST_SQS_PUBLISH_TIMEOUT_MS", default_value_t = 3_000)]
     pub sqs_publish_timeout_ms: u64,
     /// Timeout of one SQS HTTP call, in milliseconds.

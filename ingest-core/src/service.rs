@@ -1,12 +1,13 @@
 //! The `IngestService` gRPC handlers and the claim → publish → commit pipeline behind them.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use carrier_ingest::v1::{
     Carrier, Outcome, QuarantineReply, QuarantineRequest, SubmitBatchReply, SubmitBatchRequest,
     SubmitInboundRequest, SubmitReply, SubmitStatusRequest, ingest_service_server::IngestService,
 };
 use futures_util::future::join_all;
+use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tracing::Instrument;
@@ -209,28 +210,32 @@ impl Pipeline {
         event: Normalized,
         trace: Propagated,
     ) -> Result<SubmitReply, IngestError> {
-        self.ingest_with(event, trace, true).await
+        self.ingest_with(event, trace, true, None).await
     }
 
     /// Like [`Pipeline::ingest`]; with `log_events` false, accepted and duplicate events are
-    /// not logged at `info` (the caller logs them).
+    /// not logged at `info` (the caller logs them). With a `deadline` (the caller's gRPC
+    /// deadline), the publisher keeps the event by another way (the outbox) in time for it.
     pub async fn ingest_with(
         self: &Arc<Self>,
         event: Normalized,
         trace: Propagated,
         log_events: bool,
+        deadline: Option<Instant>,
     ) -> Result<SubmitReply, IngestError> {
         let this = self.clone();
         // The task stays in the caller's span (the `rpc` span, or the edge's `request` span in
         // place). The event's own lines name it themselves: a span per event cost more (it is
         // formatted, stored and closed for every event) than the few lines that need it.
         let span = tracing::Span::current();
-        tokio::spawn(async move { this.process(event, trace, log_events).await }.instrument(span))
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "ingest task failed");
-                IngestError::Internal
-            })?
+        tokio::spawn(
+            async move { this.process(event, trace, log_events, deadline).await }.instrument(span),
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "ingest task failed");
+            IngestError::Internal
+        })?
     }
 
     async fn process(
@@ -238,6 +243,7 @@ impl Pipeline {
         event: Normalized,
         trace: Propagated,
         log_events: bool,
+        deadline: Option<Instant>,
     ) -> Result<SubmitReply, IngestError> {
         let (carrier, kind) = (event::carrier_name(event.carrier), event.kind);
         let count = |outcome| {
@@ -257,7 +263,13 @@ impl Pipeline {
         let mut outbound = event.into_outbound();
         trace.add_to(&mut outbound.attributes);
         match self
-            .publish_once(&event_id, Some(&carrier_message_id), queue, &outbound)
+            .publish_once(
+                &event_id,
+                Some(&carrier_message_id),
+                queue,
+                &outbound,
+                deadline,
+            )
             .await
         {
             Ok(Outcome::Duplicate) => {
@@ -305,6 +317,7 @@ impl Pipeline {
         carrier_message_id: Option<&str>,
         queue: &str,
         outbound: &OutboundEvent,
+        deadline: Option<Instant>,
     ) -> Result<Outcome, IngestError> {
         let token = match self.dedupe.claim(id).await {
             Ok(Claim::Duplicate) => return Ok(Outcome::Duplicate),
@@ -315,7 +328,7 @@ impl Pipeline {
             }
         };
         let started = std::time::Instant::now();
-        let published = self.publisher.publish(queue, outbound).await;
+        let published = self.publisher.publish_by(queue, outbound, deadline).await;
         metrics::CORE
             .publish_seconds
             .get_or_create(&metrics::BackendLabels {
@@ -347,6 +360,7 @@ impl Pipeline {
         self: &Arc<Self>,
         entry: quarantine::Entry,
         trace: Propagated,
+        deadline: Option<Instant>,
     ) -> Result<Outcome, IngestError> {
         let this = self.clone();
         let span = tracing::info_span!(
@@ -361,7 +375,13 @@ impl Pipeline {
                 let mut outbound = entry.to_outbound();
                 trace.add_to(&mut outbound.attributes);
                 let outcome = this
-                    .publish_once(&outbound.event_id, None, &this.routes.quarantine, &outbound)
+                    .publish_once(
+                        &outbound.event_id,
+                        None,
+                        &this.routes.quarantine,
+                        &outbound,
+                        deadline,
+                    )
                     .await?;
                 if outcome == Outcome::Accepted {
                     metrics::CORE
@@ -412,6 +432,7 @@ impl IngestGrpc {
         prefix: &str,
         span: &trace::Span,
         log_events: bool,
+        deadline: Option<Instant>,
     ) -> Result<SubmitReply, Status> {
         let labels = invalid_labels(&submitted);
         let normalized = event::normalize(submitted, prefix).map_err(|v| {
@@ -420,7 +441,7 @@ impl IngestGrpc {
         })?;
         Ok(self
             .pipeline
-            .ingest_with(normalized, span.attributes(), log_events)
+            .ingest_with(normalized, span.attributes(), log_events, deadline)
             .await?)
     }
 }
@@ -501,6 +522,33 @@ fn logs_events<T>(request: &Request<T>) -> bool {
     request.extensions().get::<CallerLogsEvents>().is_none()
 }
 
+/// When the caller stops waiting: now plus its `grpc-timeout` (digits and a unit: `H`, `M`,
+/// `S`, `m`, `u`, `n`), or `None` when it sent none or one that does not parse.
+fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    grpc_timeout(value).map(|t| Instant::now() + t)
+}
+
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Metric labels for a submission that fails validation.
 fn invalid_labels(submitted: &Submitted) -> metrics::EventLabels {
     let (carrier, kind) = match submitted {
@@ -551,9 +599,10 @@ impl IngestService for IngestGrpc {
         request: Request<SubmitBatchRequest>,
     ) -> Result<Response<SubmitBatchReply>, Status> {
         let log_events = logs_events(&request);
+        let deadline = deadline_of(&request);
         let (mut span, log) = call_spans(&request, "SubmitBatch", log_events);
         let result = self
-            .batch(request.into_inner().events, &span, log_events)
+            .batch(request.into_inner().events, &span, log_events, deadline)
             .instrument(log)
             .await;
         finish(&mut span, &result);
@@ -565,6 +614,7 @@ impl IngestService for IngestGrpc {
         request: Request<QuarantineRequest>,
     ) -> Result<Response<QuarantineReply>, Status> {
         let (mut span, log) = call_spans(&request, "Quarantine", logs_events(&request));
+        let deadline = deadline_of(&request);
         let result = async {
             let record = request
                 .into_inner()
@@ -573,7 +623,10 @@ impl IngestService for IngestGrpc {
             let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
             let entry = quarantine::entry(record, &now).map_err(IngestError::Invalid)?;
             let (record_id, body_sha256) = (entry.record_id.clone(), entry.body_sha256.clone());
-            let outcome = self.pipeline.quarantine(entry, span.attributes()).await?;
+            let outcome = self
+                .pipeline
+                .quarantine(entry, span.attributes(), deadline)
+                .await?;
             Ok(Response::new(QuarantineReply {
                 record_id,
                 outcome: outcome as i32,
@@ -597,10 +650,11 @@ impl IngestGrpc {
         take: impl FnOnce(T) -> Result<(Submitted, &'static str), Status> + Send,
     ) -> Result<Response<SubmitReply>, Status> {
         let log_events = logs_events(&request);
+        let deadline = deadline_of(&request);
         let (mut span, log) = call_spans(&request, method, log_events);
         let result = async {
             let (submitted, prefix) = take(request.into_inner())?;
-            self.one(submitted, prefix, &span, log_events)
+            self.one(submitted, prefix, &span, log_events, deadline)
                 .await
                 .map(Response::new)
         }
@@ -616,6 +670,7 @@ impl IngestGrpc {
         events: Vec<carrier_ingest::v1::BatchEvent>,
         span: &trace::Span,
         log_events: bool,
+        deadline: Option<Instant>,
     ) -> Result<Response<SubmitBatchReply>, Status> {
         if events.is_empty() {
             return Err(missing("events"));
@@ -655,11 +710,10 @@ impl IngestGrpc {
             return Err(IngestError::Invalid(violations).into());
         }
         let trace = span.attributes();
-        let results = join_all(
-            normalized
-                .into_iter()
-                .map(|n| self.pipeline.ingest_with(n, trace.clone(), log_events)),
-        )
+        let results = join_all(normalized.into_iter().map(|n| {
+            self.pipeline
+                .ingest_with(n, trace.clone(), log_events, deadline)
+        }))
         .await;
         let results = results.into_iter().collect::<Result<Vec<_>, _>>()?;
         Ok(Response::new(SubmitBatchReply { results }))
@@ -669,6 +723,22 @@ impl IngestGrpc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit_and_nothing_else_does() {
+        assert_eq!(grpc_timeout("4999m"), Some(Duration::from_millis(4999)));
+        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout("1M"), Some(Duration::from_secs(60)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout("250000u"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "m", "5", "5x", "-5m", "5 m", "123456789m", "1.5S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
 
     fn violations(n: usize) -> IngestError {
         IngestError::Invalid(

@@ -123,6 +123,18 @@ pub enum PublishError {
 pub trait Publisher: Send + Sync + 'static {
     /// Publishes `event` to `queue`, returning only once it is durable.
     async fn publish(&self, queue: &str, event: &OutboundEvent) -> Result<(), PublishError>;
+    /// Like [`Publisher::publish`], for a caller that stops waiting at `deadline` (its gRPC
+    /// deadline): a publisher that has a second way to keep the event (the outbox) turns to it
+    /// in time for the answer to reach the caller.
+    async fn publish_by(
+        &self,
+        queue: &str,
+        event: &OutboundEvent,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(), PublishError> {
+        let _ = deadline;
+        self.publish(queue, event).await
+    }
     /// Checks that `queue` can be published to (used for readiness).
     async fn check(&self, queue: &str) -> Result<(), PublishError>;
     /// A short name for logs and metrics.

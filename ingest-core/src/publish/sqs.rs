@@ -45,6 +45,11 @@ use crate::metrics;
 pub const MAX_BATCH_ENTRIES: usize = 10;
 /// Most bytes (bodies plus attributes) SQS takes in one `SendMessageBatch`.
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// How long before its caller's deadline a publish gives up on SQS, leaving the caller time to
+/// store the event in the outbox (an fsync) and for the answer to reach it.
+const CALLER_RESERVE: Duration = Duration::from_millis(250);
+/// The shortest time an event is given to reach SQS, whatever its caller's deadline.
+const MIN_PUBLISH_WAIT: Duration = Duration::from_millis(100);
 /// First retry delay; each retry doubles it, up to [`MAX_BACKOFF`], with jitter.
 const BASE_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -578,9 +583,26 @@ fn is_retryable<E: ProvideErrorMetadata, R: std::fmt::Debug>(error: &SdkError<E,
 #[async_trait]
 impl Publisher for SqsPublisher {
     async fn publish(&self, queue: &str, event: &OutboundEvent) -> Result<(), PublishError> {
+        self.publish_by(queue, event, None).await
+    }
+
+    /// The entry's deadline is the publish timeout, or sooner when the caller's deadline
+    /// leaves less: [`CALLER_RESERVE`] before it, so the caller can still store the event in
+    /// the outbox and hear back, but never less than [`MIN_PUBLISH_WAIT`] from now.
+    async fn publish_by(
+        &self,
+        queue: &str,
+        event: &OutboundEvent,
+        caller_deadline: Option<Instant>,
+    ) -> Result<(), PublishError> {
         let (entry, size) = entry_for(queue, event);
         let (reply, result) = oneshot::channel();
-        let deadline = Instant::now() + self.settings.publish_timeout;
+        let now = Instant::now();
+        let mut deadline = now + self.settings.publish_timeout;
+        if let Some(caller) = caller_deadline {
+            let by = caller.checked_sub(CALLER_RESERVE).unwrap_or(now);
+            deadline = deadline.min(by.max(now + MIN_PUBLISH_WAIT));
+        }
         let pending = Pending {
             entry,
             size,
@@ -600,8 +622,8 @@ impl Publisher for SqsPublisher {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(PublishError::Closed),
             Err(_) => Err(PublishError::Unavailable(format!(
-                "SQS did not answer within the publish timeout ({} ms)",
-                self.settings.publish_timeout.as_millis()
+                "SQS did not answer within {} ms",
+                (deadline - now).as_millis()
             ))),
         }
     }

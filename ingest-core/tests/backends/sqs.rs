@@ -12,9 +12,12 @@ use ingest_core::{
 };
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::support::{
-    Core, Server, Sqs, aws_for, core_config, inbound, outcome, sqs_redis_flags, status,
-    submit_inbound, unique,
+use crate::{
+    fake_sqs::{Behaviour, FakeSqs},
+    support::{
+        Core, Server, Sqs, aws_for, core_config, inbound, outcome, sqs_redis_flags, status,
+        submit_inbound, unique,
+    },
 };
 
 const READY_WITHIN: Duration = Duration::from_secs(20);
@@ -321,4 +324,60 @@ async fn client_status(
         .submit_status(status(Carrier::Twilio, id, "delivered"))
         .await
         .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_caught_by_a_hang_is_kept_within_its_callers_deadline() {
+    let fake = FakeSqs::start(Behaviour::default()).await;
+    let queue = fake.queue_url(&unique("deadline"));
+    // The publish timeout (3 s) is longer than the caller's deadline: the deadline decides.
+    let config = core_config(&[
+        "--publisher=sqs",
+        "--inbound-queue",
+        &queue,
+        "--status-queue",
+        &queue,
+        "--quarantine-queue",
+        &queue,
+    ]);
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(format!("http://{}", fake.addr))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .load()
+        .await;
+    let core = Core::from_config(&config, &aws).await;
+    core.wait_health(ServingStatus::Serving, READY_WITHIN).await;
+
+    fake.set_hanging(true);
+    let deadline = Duration::from_millis(1500);
+    let mut request = tonic::Request::new(inbound(Carrier::Twilio, "SM-deadline"));
+    request.set_timeout(deadline);
+    let started = std::time::Instant::now();
+    let reply = core
+        .client
+        .clone()
+        .submit_inbound(request)
+        .await
+        .expect("kept in the outbox before the caller gave up")
+        .into_inner();
+    let took = started.elapsed();
+    eprintln!("a hang with a {deadline:?} deadline: answered after {took:?}");
+    assert_eq!(outcome(&reply), Outcome::Accepted);
+    assert!(took < deadline, "answered within the deadline: {took:?}");
+    assert!(
+        took >= deadline - Duration::from_millis(400),
+        "SQS had most of the deadline: {took:?}"
+    );
+
+    // Relayed once SQS answers again.
+    fake.set_hanging(false);
+    let give_up = std::time::Instant::now() + Duration::from_secs(15);
+    while !fake.accepted().contains_key(&reply.event_id) {
+        assert!(std::time::Instant::now() < give_up, "never relayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    core.shutdown().await;
 }
