@@ -32,14 +32,7 @@ async fn publisher_for(fake: &FakeSqs) -> Arc<SqsPublisher> {
 }
 
 async fn publisher_with(fake: &FakeSqs, settings: SqsSettings) -> Arc<SqsPublisher> {
-    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(format!("http://{}", fake.addr))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .load()
-        .await;
+    let aws = crate::support::aws_at(&format!("http://{}", fake.addr)).await;
     Arc::new(SqsPublisher::new(&aws, settings))
 }
 

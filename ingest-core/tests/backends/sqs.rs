@@ -15,8 +15,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use crate::{
     fake_sqs::{Behaviour, FakeSqs},
     support::{
-        Core, Server, Sqs, aws_for, core_config, inbound, outcome, sqs_redis_flags, status,
-        submit_inbound, unique,
+        Core, Server, Sqs, aws_at, aws_for, core_config, inbound, outcome, sqs_flags,
+        sqs_redis_flags, status, submit_inbound, unique,
     },
 };
 
@@ -331,23 +331,8 @@ async fn an_event_caught_by_a_hang_is_kept_within_its_callers_deadline() {
     let fake = FakeSqs::start(Behaviour::default()).await;
     let queue = fake.queue_url(&unique("deadline"));
     // The publish timeout (3 s) is longer than the caller's deadline: the deadline decides.
-    let config = core_config(&[
-        "--publisher=sqs",
-        "--inbound-queue",
-        &queue,
-        "--status-queue",
-        &queue,
-        "--quarantine-queue",
-        &queue,
-    ]);
-    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(format!("http://{}", fake.addr))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .load()
-        .await;
+    let config = core_config(&sqs_flags(&queue));
+    let aws = aws_at(&format!("http://{}", fake.addr)).await;
     let core = Core::from_config(&config, &aws).await;
     core.wait_health(ServingStatus::Serving, READY_WITHIN).await;
 

@@ -28,14 +28,9 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client};
 
-/// Core flags: SQS publishing of both kinds to `queue`, Redis dedupe under `prefix`, then `extra`.
-pub(crate) fn sqs_redis_flags<'a>(
-    queue: &'a str,
-    redis_url: &'a str,
-    prefix: &'a str,
-    extra: &[&'a str],
-) -> Vec<&'a str> {
-    let mut flags = vec![
+/// Core flags: SQS publishing of every kind (events and quarantine) to `queue`.
+pub(crate) fn sqs_flags(queue: &str) -> Vec<&str> {
+    vec![
         "--publisher=sqs",
         "--inbound-queue",
         queue,
@@ -43,12 +38,24 @@ pub(crate) fn sqs_redis_flags<'a>(
         queue,
         "--quarantine-queue",
         queue,
+    ]
+}
+
+/// Core flags: SQS publishing of both kinds to `queue`, Redis dedupe under `prefix`, then `extra`.
+pub(crate) fn sqs_redis_flags<'a>(
+    queue: &'a str,
+    redis_url: &'a str,
+    prefix: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut flags = sqs_flags(queue);
+    flags.extend_from_slice(&[
         "--dedupe=redis",
         "--redis-url",
         redis_url,
         "--redis-key-prefix",
         prefix,
-    ];
+    ]);
     flags.extend_from_slice(extra);
     flags
 }
@@ -66,9 +73,14 @@ pub(crate) fn unique(stem: &str) -> String {
 
 /// AWS settings for moto: fixed region, dummy static credentials, moto's endpoint.
 pub(crate) async fn aws_for(moto: &Server) -> aws_config::SdkConfig {
+    aws_at(&format!("http://{}", moto.addr())).await
+}
+
+/// The same for any SQS-compatible endpoint at `url` (the fake in `fake_sqs.rs`).
+pub(crate) async fn aws_at(url: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(format!("http://{}", moto.addr()))
+        .endpoint_url(url)
         .credentials_provider(aws_sdk_sqs::config::Credentials::new(
             "test", "test", None, None, "tests",
         ))
