@@ -328,7 +328,7 @@ impl Pipeline {
             }
         };
         let started = std::time::Instant::now();
-        let published = self.publisher.publish_by(queue, outbound, deadline).await;
+        let published = self.publisher.publish(queue, outbound, deadline).await;
         metrics::CORE
             .publish_seconds
             .get_or_create(&metrics::BackendLabels {

@@ -112,11 +112,7 @@ impl StoreAndForward {
 
 #[async_trait]
 impl Publisher for StoreAndForward {
-    async fn publish(&self, queue: &str, event: &OutboundEvent) -> Result<(), PublishError> {
-        self.publish_by(queue, event, None).await
-    }
-
-    async fn publish_by(
+    async fn publish(
         &self,
         queue: &str,
         event: &OutboundEvent,
@@ -125,7 +121,7 @@ impl Publisher for StoreAndForward {
         let log = self.log_or_unavailable(queue)?;
         // While older events wait in the outbox, newer ones queue behind them (FIFO order).
         if log.is_empty() && !self.sqs.breaker(queue).is_open() {
-            match self.sqs.publish_by(queue, event, deadline).await {
+            match self.sqs.publish(queue, event, deadline).await {
                 Ok(()) => return Ok(()),
                 Err(error) => {
                     tracing::debug!(%error, "sqs publish failed; storing in the outbox");

@@ -121,20 +121,15 @@ pub enum PublishError {
 /// A durable queue.
 #[async_trait]
 pub trait Publisher: Send + Sync + 'static {
-    /// Publishes `event` to `queue`, returning only once it is durable.
-    async fn publish(&self, queue: &str, event: &OutboundEvent) -> Result<(), PublishError>;
-    /// Like [`Publisher::publish`], for a caller that stops waiting at `deadline` (its gRPC
-    /// deadline): a publisher that has a second way to keep the event (the outbox) turns to it
-    /// in time for the answer to reach the caller.
-    async fn publish_by(
+    /// Publishes `event` to `queue`, returning only once it is durable. `deadline` is when the
+    /// caller stops waiting (its gRPC deadline), if it has one: a publisher with a second way to
+    /// keep the event (the outbox) turns to it in time for the answer to reach the caller.
+    async fn publish(
         &self,
         queue: &str,
         event: &OutboundEvent,
         deadline: Option<tokio::time::Instant>,
-    ) -> Result<(), PublishError> {
-        let _ = deadline;
-        self.publish(queue, event).await
-    }
+    ) -> Result<(), PublishError>;
     /// Checks that `queue` can be published to (used for readiness).
     async fn check(&self, queue: &str) -> Result<(), PublishError>;
     /// A short name for logs and metrics.

@@ -152,7 +152,13 @@ impl<F: SpoolFile> Journal for FileJournal<F> {
 
 #[async_trait]
 impl Publisher for Spool {
-    async fn publish(&self, queue: &str, event: &OutboundEvent) -> Result<(), PublishError> {
+    /// The spool is the only place it keeps events: the deadline changes nothing.
+    async fn publish(
+        &self,
+        queue: &str,
+        event: &OutboundEvent,
+        _deadline: Option<tokio::time::Instant>,
+    ) -> Result<(), PublishError> {
         self.writer(queue)?.append(line_for(event)).await
     }
 
@@ -189,7 +195,9 @@ mod tests {
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let spool = spool.clone();
-                tokio::spawn(async move { spool.publish("inbound", &event(&i.to_string())).await })
+                tokio::spawn(
+                    async move { spool.publish("inbound", &event(&i.to_string()), None).await },
+                )
             })
             .collect();
         for t in tasks {
@@ -237,7 +245,7 @@ mod tests {
         let path = dir.path().join("status.jsonl");
         std::fs::write(&path, "{\"a\":1}\n{\"b\":").unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        spool.publish("status", &event("x")).await.unwrap();
+        spool.publish("status", &event("x"), None).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "{\"a\":1}\n{\"eventId\":\"x\"}\n");
     }
@@ -282,9 +290,9 @@ mod tests {
     async fn one_writer_per_file_even_under_two_queue_names() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        spool.publish("inbound", &event("a")).await.unwrap();
+        spool.publish("inbound", &event("a"), None).await.unwrap();
         spool
-            .publish("https://sqs.example/123/inbound", &event("b"))
+            .publish("https://sqs.example/123/inbound", &event("b"), None)
             .await
             .unwrap();
         assert_eq!(spool.writers.lock().unwrap().len(), 1);

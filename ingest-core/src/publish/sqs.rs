@@ -582,14 +582,10 @@ fn is_retryable<E: ProvideErrorMetadata, R: std::fmt::Debug>(error: &SdkError<E,
 
 #[async_trait]
 impl Publisher for SqsPublisher {
-    async fn publish(&self, queue: &str, event: &OutboundEvent) -> Result<(), PublishError> {
-        self.publish_by(queue, event, None).await
-    }
-
     /// The entry's deadline is the publish timeout, or sooner when the caller's deadline
     /// leaves less: [`CALLER_RESERVE`] before it, so the caller can still store the event in
     /// the outbox and hear back, but never less than [`MIN_PUBLISH_WAIT`] from now.
-    async fn publish_by(
+    async fn publish(
         &self,
         queue: &str,
         event: &OutboundEvent,

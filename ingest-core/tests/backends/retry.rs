@@ -54,7 +54,12 @@ async fn partially_failed_batches_retry_only_the_failed_entries() {
     let results = join_all(ids.iter().chain(std::iter::once(&poison)).map(|id| {
         let publisher = publisher.clone();
         let queue = queue.clone();
-        async move { (id.clone(), publisher.publish(&queue, &event(id)).await) }
+        async move {
+            (
+                id.clone(),
+                publisher.publish(&queue, &event(id), None).await,
+            )
+        }
     }))
     .await;
 
@@ -106,7 +111,7 @@ async fn a_publish_to_an_sqs_that_hangs_gives_up_at_its_deadline() {
 
     fake.set_hanging(true);
     let started = std::time::Instant::now();
-    let result = publisher.publish(&queue, &event("held")).await;
+    let result = publisher.publish(&queue, &event("held"), None).await;
     let took = started.elapsed();
     assert!(
         matches!(result, Err(PublishError::Unavailable(_))),
@@ -121,7 +126,7 @@ async fn a_publish_to_an_sqs_that_hangs_gives_up_at_its_deadline() {
     // Once the endpoint answers again, so does the publisher.
     fake.set_hanging(false);
     publisher
-        .publish(&queue, &event("after"))
+        .publish(&queue, &event("after"), None)
         .await
         .expect("published once SQS answers");
     assert_eq!(fake.accepted().get("after"), Some(&1));
