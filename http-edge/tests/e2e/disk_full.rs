@@ -7,7 +7,10 @@
 
 use std::{collections::HashMap, process::Command};
 
-use crate::{harness::Edge, spec::BANDWIDTH_INBOUND};
+use crate::{
+    harness::{Edge, acknowledged_event_id},
+    spec::BANDWIDTH_INBOUND,
+};
 
 /// Starts the binary with SIGXFSZ ignored (an ignored signal stays ignored across exec), so a
 /// write past the limit fails with EFBIG instead of killing the process. Its log goes through a
@@ -36,13 +39,7 @@ fn limit_file_size(edge: &Edge, bytes: Option<u64>) {
 
 async fn send(edge: &Edge, i: usize) -> (u16, Option<String>) {
     let r = edge.post_json("/bandwidth/15551234567", &body(i)).await;
-    let status = r.status().as_u16();
-    let id = r
-        .headers()
-        .get("x-ingest-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    (status, id.filter(|_| status == 200))
+    (r.status().as_u16(), acknowledged_event_id(&r))
 }
 
 fn spooled_ids(edge: &Edge) -> HashMap<String, usize> {

@@ -39,6 +39,30 @@ async fn a_core_frozen_mid_run_behind_tls_refuses_nothing_and_loses_or_doubles_n
     through_a_fault(Fault::Freeze, Duration::from_secs(7), true).await;
 }
 
+/// A CA and a server certificate for [`SERVER_NAME`], as files.
+struct Certs {
+    _dir: tempfile::TempDir,
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+impl Certs {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("failover CA");
+        let ca_file = write(dir.path(), "ca.pem", &ca.pem);
+        let (cert, key) = write_leaf(dir.path(), "server", &ca.server());
+        let path = |p: std::path::PathBuf| p.display().to_string();
+        Self {
+            ca: path(ca_file),
+            cert: path(cert),
+            key: path(key),
+            _dir: dir,
+        }
+    }
+}
+
 /// Sends 300 webhooks, each once, through an edge in front of two cores (over TLS if `tls`),
 /// one of which suffers `fault` for `lasting`; every one must be acknowledged, and be on SQS
 /// once.
@@ -57,15 +81,7 @@ async fn through_a_fault(fault: Fault, lasting: Duration, tls: bool) {
     let redis_url = format!("redis://{}", redis.addr());
     let prefix = format!("failover-{}:", free_port());
     let endpoint = format!("http://{}", sqs.addr);
-    let certs = tempfile::tempdir().unwrap();
-    let ca = Ca::new("failover CA");
-    let ca_file = write(certs.path(), "ca.pem", &ca.pem);
-    let (cert, key) = write_leaf(certs.path(), "server", &ca.server());
-    let (cert, key, ca_file) = (
-        cert.display().to_string(),
-        key.display().to_string(),
-        ca_file.display().to_string(),
-    );
+    let certs = tls.then(Certs::new);
     let mut args = vec![
         "--publisher=sqs",
         "--inbound-queue",
@@ -85,8 +101,8 @@ async fn through_a_fault(fault: Fault, lasting: Duration, tls: bool) {
         "--sqs-linger-ms",
         "300",
     ];
-    if tls {
-        args.extend(["--grpc-tls-cert", &cert, "--grpc-tls-key", &key]);
+    if let Some(c) = &certs {
+        args.extend(["--grpc-tls-cert", &c.cert, "--grpc-tls-key", &c.key]);
     }
     let env = [
         ("AWS_ENDPOINT_URL", endpoint.as_str()),
@@ -104,10 +120,10 @@ async fn through_a_fault(fault: Fault, lasting: Duration, tls: bool) {
     let scheme = if tls { "https" } else { "http" };
     let core_url = format!("{scheme}://127.0.0.2:{port},{scheme}://127.0.0.3:{port}");
     let mut edge_args = vec!["--core-timeout-ms", "5000"];
-    if tls {
+    if let Some(c) = &certs {
         edge_args.extend([
             "--core-tls-ca",
-            &ca_file,
+            &c.ca,
             "--core-tls-server-name",
             SERVER_NAME,
         ]);

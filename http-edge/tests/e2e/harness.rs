@@ -252,6 +252,18 @@ impl Edge {
     }
 }
 
+/// The event id the edge answered a webhook with, when it acknowledged it (2xx).
+pub(crate) fn acknowledged_event_id(reply: &reqwest::Response) -> Option<String> {
+    if !reply.status().is_success() {
+        return None;
+    }
+    reply
+        .headers()
+        .get("x-ingest-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 impl Drop for Edge {
     fn drop(&mut self) {
         self.kill();

@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::harness::acknowledged_event_id;
+
 /// The `ingest-core` binary: `INGEST_CORE_BIN` if set (the failover bench builds it first, as
 /// `cargo bench` holds the build lock while the bench runs), else the one of the same profile as
 /// the `http-edge` binary under test, built first (cargo does nothing when it is current): an
@@ -368,14 +370,9 @@ pub(crate) async fn send_through_a_fault(
                 in_flight.fetch_sub(1, Ordering::Relaxed);
                 let (status, event_id) = match reply {
                     Ok(r) => {
-                        let status = r.status().as_u16();
-                        let id = r
-                            .headers()
-                            .get("x-ingest-event-id")
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned);
+                        let (status, id) = (r.status().as_u16(), acknowledged_event_id(&r));
                         let _ = r.bytes().await;
-                        (status, id.filter(|_| (200..300).contains(&status)))
+                        (status, id)
                     }
                     Err(_) => (0, None),
                 };
