@@ -83,10 +83,16 @@ impl Drop for Reaped {
     }
 }
 
-/// The mean, in milliseconds, of the histogram `name` with `labels` in the metrics served at
-/// `url`.
-async fn mean_ms(url: &str, name: &str, labels: &str) -> Option<f64> {
-    let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+/// The metrics page served at `url` (empty if it cannot be read).
+async fn metrics_page(url: &str) -> String {
+    match reqwest::get(url).await {
+        Ok(reply) => reply.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The mean, in milliseconds, of the histogram `name` with `labels` in the metrics `text`.
+fn mean_ms(text: &str, name: &str, labels: &str) -> Option<f64> {
     let value = |suffix: &str| {
         let prefix = format!("{name}_{suffix}{{{labels}}} ");
         text.lines()
@@ -245,11 +251,10 @@ async fn main() {
         per_event(cpu[2]),
     );
     // Where a webhook's time went, from the services' own histograms (means over the run).
-    let edge_metrics = format!("http://127.0.0.1:{edge_admin}/metrics");
-    let core_metrics = format!("http://127.0.0.1:{core_admin}/metrics");
+    let edge_metrics = metrics_page(&format!("http://127.0.0.1:{edge_admin}/metrics")).await;
+    let core_metrics = metrics_page(&format!("http://127.0.0.1:{core_admin}/metrics")).await;
     let ms = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.2} ms"));
-    let mut means = Vec::new();
-    for (url, name, labels) in [
+    let means: Vec<String> = [
         (
             &edge_metrics,
             "ingest_webhook_duration_seconds",
@@ -270,9 +275,10 @@ async fn main() {
             "ingest_sqs_call_duration_seconds",
             r#"queue="p2-inbound",outcome="ok""#,
         ),
-    ] {
-        means.push(ms(mean_ms(url, name, labels).await));
-    }
+    ]
+    .into_iter()
+    .map(|(text, name, labels)| ms(mean_ms(text, name, labels)))
+    .collect();
     println!(
         "  time per webhook (means): edge handler {}, of which the core call {}; in the core, \
          the publish {}, of which the SendMessageBatch call {} (the stand-in's own wait {})",
