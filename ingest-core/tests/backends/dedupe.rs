@@ -13,8 +13,8 @@ use crate::support::{
 
 const READY_WITHIN: Duration = Duration::from_secs(20);
 
-/// Two cores sharing a fresh redis-server (calls to it time out after 300 ms) and a queue on
-/// moto, both serving.
+/// Two cores sharing a fresh redis-server (calls to it time out after 300 ms) and a standard
+/// queue on moto, both serving.
 struct TwoCores {
     /// Kept to the end of the test (bind it: `..` would drop it at once).
     _moto: Server,
@@ -76,27 +76,16 @@ async fn submit_until_back_on_redis(core: &Core, stem: &str) -> usize {
 async fn two_cores_sharing_redis_publish_each_event_once() {
     const EVENTS: usize = 20;
     const COPIES: usize = 10;
-    let moto = Server::moto();
-    let redis = Server::redis();
-    let sqs = Sqs::new(&moto).await;
     // A standard queue: SQS itself would not drop duplicates, so only dedupe can.
-    let queue = sqs.create_queue(&unique("shared")).await;
-    let redis_url = format!("redis://{}", redis.addr());
-    let prefix = unique("shared") + ":";
-    let config = core_config(&sqs_redis_flags(
-        &queue,
-        &redis_url,
-        &prefix,
-        &["--redis-timeout-ms=300"],
-    ));
-    let aws = aws_for(&moto).await;
-    let cores = [
-        Core::from_config(&config, &aws).await,
-        Core::from_config(&config, &aws).await,
-    ];
-    for core in &cores {
-        core.wait_health(ServingStatus::Serving, READY_WITHIN).await;
-    }
+    let TwoCores {
+        sqs,
+        queue,
+        a,
+        b,
+        redis: _redis,
+        _moto,
+    } = two_cores_sharing_redis("shared").await;
+    let cores = [a, b];
 
     let calls = (0..EVENTS * COPIES).map(|n| {
         let event = n % EVENTS;
