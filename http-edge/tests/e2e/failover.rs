@@ -128,9 +128,12 @@ async fn through_a_fault(fault: Fault, lasting: Duration, tls: bool) {
             SERVER_NAME,
         ]);
     }
-    let edge = Edge::without_core(&core_url, &edge_args).await;
-    let ready = edge.client.get(edge.url("/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 200, "both cores serve");
+    let mut edge = Edge::without_core(&core_url, &edge_args).await;
+    assert!(
+        edge.becomes_ready(Duration::from_secs(15)).await,
+        "the cores never served:\n{}",
+        edge.log()
+    );
 
     let plan = Plan {
         // A steady pace, so every latency seen is the failover's.

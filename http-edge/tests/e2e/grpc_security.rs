@@ -49,19 +49,10 @@ pub(crate) struct Secured {
 /// credentials).
 async fn front_of(core: &Edge, client_args: &[&str]) -> Edge {
     let url = format!("https://{}", core.grpc);
-    let front = Edge::without_core(&url, client_args).await;
+    let mut front = Edge::without_core(&url, client_args).await;
     // Wait until it reaches the core (its /readyz asks the core's health over TLS).
-    let ready = eventually(Duration::from_secs(10), || async {
-        front
-            .client
-            .get(front.url("/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
     assert!(
-        ready,
+        front.becomes_ready(Duration::from_secs(10)).await,
         "the front edge never reached the core:\n{}",
         front.log()
     );

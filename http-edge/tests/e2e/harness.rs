@@ -134,6 +134,12 @@ impl Edge {
         panic!("http-edge never became ready");
     }
 
+    /// Waits up to `within` for `/readyz` to answer 200: a core's health is NOT_SERVING until
+    /// its first check of the queues, which a loaded machine can take a while to run.
+    pub(crate) async fn becomes_ready(&mut self, within: Duration) -> bool {
+        self.wait_for("/readyz", within).await
+    }
+
     async fn wait_for(&mut self, probe: &str, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
