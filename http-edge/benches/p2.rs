@@ -7,7 +7,9 @@
 //! `bash http-edge/benches/p2.sh [SECONDS=10] [CONNECTIONS=128] [SQS_LATENCY_MS=20]`, which
 //! builds the core and hands it to this bench (`cargo bench` holds the build lock).
 //! `EDGE_BIN` and `INGEST_CORE_BIN` point it at other builds (before/after comparisons);
-//! `P2_CORE_ARGS` adds flags to the core (e.g. `--sqs-linger-ms 1`).
+//! `P2_CORE_ARGS` adds flags to the core (e.g. `--sqs-linger-ms 1`); `P2_CORE_THREADS` and
+//! `P2_EDGE_THREADS` set each binary's `TOKIO_WORKER_THREADS`, `P2_RUST_LOG` both `RUST_LOG`
+//! (experiments: the binaries otherwise run with an empty environment and their defaults).
 
 #[path = "../../ingest-core/tests/backends/fake_sqs.rs"]
 #[allow(dead_code)]
@@ -165,6 +167,8 @@ async fn main() {
             .args(["--inbound-queue", &queue, "--status-queue", &queue])
             .args(["--quarantine-queue", &queue])
             .env_clear()
+            .envs(std::env::var("P2_CORE_THREADS").map(|t| ("TOKIO_WORKER_THREADS", t)))
+            .envs(std::env::var("P2_RUST_LOG").map(|t| ("RUST_LOG", t)))
             .env("AWS_ENDPOINT_URL", format!("http://{}", fake.addr))
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "test")
@@ -191,6 +195,8 @@ async fn main() {
             .args(["--listen", &format!("127.0.0.1:{http}")])
             .args(["--admin-listen", &format!("127.0.0.1:{edge_admin}")])
             .env_clear()
+            .envs(std::env::var("P2_EDGE_THREADS").map(|t| ("TOKIO_WORKER_THREADS", t)))
+            .envs(std::env::var("P2_RUST_LOG").map(|t| ("RUST_LOG", t)))
             .stdout(Stdio::null())
             .stderr(log("edge.log"))
             .spawn()
