@@ -117,6 +117,13 @@ pub struct SubmitterLabels {
     pub submitter: String,
 }
 
+/// Labels of spans handed to the OTLP exporter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpanExportLabels {
+    /// `exported` (the collector took them) or `failed` (the export failed: they are lost).
+    pub outcome: &'static str,
+}
+
 /// A carrier name as a static label (`other` for anything unknown).
 pub fn static_carrier(name: &str) -> &'static str {
     ["bandwidth", "twilio", "messagebird", "inteliquent"]
@@ -171,6 +178,8 @@ pub struct CoreMetrics {
     pub grpc_auth_failures: Family<AuthFailureLabels, Counter>,
     /// Authenticated gRPC calls, by submitter.
     pub grpc_authenticated: Family<SubmitterLabels, Counter>,
+    /// Spans sent to the OTLP collector, by outcome (only while export is on).
+    pub trace_spans: Family<SpanExportLabels, Counter>,
 }
 
 /// The core's metrics, registered on first use.
@@ -193,6 +202,7 @@ pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
         quarantined: Family::default(),
         grpc_auth_failures: Family::default(),
         grpc_authenticated: Family::default(),
+        trace_spans: Family::default(),
     };
     register(
         "ingest_events",
@@ -278,6 +288,16 @@ pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
         "ingest_outbox_full",
         "Events refused because the outbox reached --outbox-max-bytes",
         m.outbox_full.clone(),
+    );
+    // Both series exist from the start (zero while export is off), so that alerts on them
+    // see a value rather than nothing.
+    for outcome in ["exported", "failed"] {
+        let _ = m.trace_spans.get_or_create(&SpanExportLabels { outcome });
+    }
+    register(
+        "ingest_trace_export_spans",
+        "Spans sent to the OTLP collector, by outcome (failed: lost with their export)",
+        m.trace_spans.clone(),
     );
     m
 });

@@ -8,7 +8,14 @@
 //! whose ids (chosen by the SDK) are the ones propagated, so what is exported and what is passed
 //! on agree.
 
-use std::{borrow::Cow, sync::OnceLock, time::Duration};
+use std::{
+    borrow::Cow,
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 pub use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 use opentelemetry::{
@@ -16,7 +23,10 @@ use opentelemetry::{
     trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _},
 };
 use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::{
+    error::OTelSdkResult,
+    trace::{SdkTracer, SdkTracerProvider, SpanData, SpanExporter},
+};
 
 use crate::publish::Attribute;
 
@@ -282,6 +292,10 @@ pub fn init(settings: &ExportSettings) -> Result<Telemetry, ExportError> {
         )
         .build()
         .map_err(|e| ExportError(e.to_string()))?;
+    let exporter = Counted {
+        inner: exporter,
+        failing: AtomicBool::new(false),
+    };
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(settings.service_name.clone())
         .build();
@@ -306,6 +320,45 @@ pub fn init(settings: &ExportSettings) -> Result<Telemetry, ExportError> {
     Ok(Telemetry {
         provider: Some(provider),
     })
+}
+
+/// An exporter that counts the spans it exports and those it loses
+/// (`ingest_trace_export_spans_total`), and says when a failing collector takes spans again;
+/// the SDK logs each failed export itself (its `internal-logs`).
+#[derive(Debug)]
+struct Counted<E> {
+    inner: E,
+    /// Whether the last export failed.
+    failing: AtomicBool,
+}
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        let outcome = if result.is_ok() { "exported" } else { "failed" };
+        crate::metrics::CORE
+            .trace_spans
+            .get_or_create(&crate::metrics::SpanExportLabels { outcome })
+            .inc_by(spans);
+        let was_failing = self.failing.swap(result.is_err(), Ordering::Relaxed);
+        if was_failing && result.is_ok() {
+            tracing::info!("trace export: the collector takes spans again");
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 #[cfg(test)]

@@ -450,7 +450,12 @@ impl TraceService for Receiver {
 impl Receiver {
     /// Starts the receiver on a free port; its endpoint URL.
     async fn start(&self) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts the receiver on `addr`; its endpoint URL.
+    async fn start_on(&self, addr: SocketAddr) -> String {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -632,4 +637,97 @@ async fn an_unsupported_otlp_setting_is_a_configuration_error() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(name), "{stderr}");
     }
+}
+
+/// The value of the counter `series` (name and labels) on the edge's metrics page at `admin`.
+async fn counter(edge: &Edge, admin: &str, series: &str) -> f64 {
+    let text = edge
+        .client
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_hangs_costs_no_webhook_and_shows_in_the_metrics_and_the_log() {
+    // A collector that takes connections and never answers.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hole.local_addr().unwrap();
+    let swallowing = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hole.accept().await {
+            held.push(socket);
+        }
+    });
+    let admin = format!("127.0.0.1:{}", free_port());
+    let endpoint = format!("http://{addr}");
+    let mut edge = Edge::start(
+        &["--insecure-skip-verify", "--admin-listen", &admin],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            // Export every 200 ms, so the test sees a failed export within the 3 s timeout.
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
+    )
+    .await;
+    let failed = r#"ingest_trace_export_spans_total{outcome="failed"}"#;
+    let exported = r#"ingest_trace_export_spans_total{outcome="exported"}"#;
+    for i in 0..20 {
+        let started = Instant::now();
+        let r = post_with(&edge, &format!("msg-hung-otlp-{i}"), &[]).await;
+        assert_eq!(r.status(), 200, "{}", edge.log());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a hung collector slows no webhook: {:?}",
+            started.elapsed()
+        );
+    }
+    let give_up = Instant::now() + Duration::from_secs(15);
+    while counter(&edge, &admin, failed).await == 0.0 {
+        assert!(
+            Instant::now() < give_up,
+            "no failed export counted:\n{}",
+            edge.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counter(&edge, &admin, exported).await, 0.0);
+    assert!(
+        edge.log().contains("BatchSpanProcessor.ExportError"),
+        "the failed export is logged:\n{}",
+        edge.log()
+    );
+
+    // The collector comes back on the same address: spans flow again, and the log says so.
+    swallowing.abort();
+    let _ = swallowing.await;
+    let receiver = Receiver::default();
+    receiver.start_on(addr).await;
+    let give_up = Instant::now() + Duration::from_secs(20);
+    let mut i = 0;
+    while receiver.spans().is_empty() || counter(&edge, &admin, exported).await == 0.0 {
+        assert!(
+            Instant::now() < give_up,
+            "export never resumed:\n{}",
+            edge.log()
+        );
+        let r = post_with(&edge, &format!("msg-back-otlp-{i}"), &[]).await;
+        assert_eq!(r.status(), 200);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        edge.log()
+            .contains("trace export: the collector takes spans again"),
+        "{}",
+        edge.log()
+    );
+    assert!(edge.terminate().success(), "{}", edge.log());
 }
