@@ -158,6 +158,18 @@ impl Edge {
         false
     }
 
+    /// The metrics page of the admin listener at `admin` (`host:port`).
+    pub(crate) async fn scrape(&self, admin: &str) -> String {
+        self.client
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -69,15 +69,7 @@ async fn metrics_on_the_admin_listener_count_outcomes() {
         .status(),
         400
     );
-    let text = edge
-        .client
-        .get(format!("http://{admin_addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = edge.scrape(&admin_addr).await;
     for line in [
         r#"ingest_webhook_requests_total{carrier="twilio",status="200"} 2"#,
         r#"ingest_webhook_requests_total{carrier="twilio",status="400"} 1"#,

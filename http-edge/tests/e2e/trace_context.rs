@@ -641,16 +641,9 @@ async fn an_unsupported_otlp_setting_is_a_configuration_error() {
 
 /// The value of the counter `series` (name and labels) on the edge's metrics page at `admin`.
 async fn counter(edge: &Edge, admin: &str, series: &str) -> f64 {
-    let text = edge
-        .client
-        .get(format!("http://{admin}/metrics"))
-        .send()
+    edge.scrape(admin)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)
 }
