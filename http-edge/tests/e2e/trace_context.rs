@@ -676,8 +676,9 @@ async fn a_collector_that_hangs_costs_no_webhook_and_shows_in_the_metrics_and_th
         let started = Instant::now();
         let r = post_with(&edge, &format!("msg-hung-otlp-{i}"), &[]).await;
         assert_eq!(r.status(), 200, "{}", edge.log());
+        // A webhook held up by the export would wait out its 3 s timeout.
         assert!(
-            started.elapsed() < Duration::from_secs(1),
+            started.elapsed() < Duration::from_secs(2),
             "a hung collector slows no webhook: {:?}",
             started.elapsed()
         );
