@@ -178,7 +178,7 @@ pub struct CoreMetrics {
     pub grpc_auth_failures: Family<AuthFailureLabels, Counter>,
     /// Authenticated gRPC calls, by submitter.
     pub grpc_authenticated: Family<SubmitterLabels, Counter>,
-    /// Spans sent to the OTLP collector, by outcome (only while export is on).
+    /// Spans sent to the OTLP collector, by outcome (both zero while export is off).
     pub trace_spans: Family<SpanExportLabels, Counter>,
 }
 
