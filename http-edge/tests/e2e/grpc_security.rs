@@ -20,7 +20,7 @@ use tonic::{
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
-    harness::Edge,
+    harness::{Edge, scrape},
     pki::{Ca, Leaf, SERVER_NAME, write, write_leaf},
     servers::free_port,
     spec::BANDWIDTH_INBOUND,
@@ -186,15 +186,6 @@ fn assert_transport_refusal(result: Result<String, Status>, what: &str) {
     );
 }
 
-async fn metrics_of(edge_admin: u16) -> String {
-    reqwest::get(format!("http://127.0.0.1:{edge_admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn the_edge_with_valid_credentials_works_end_to_end() {
     let t = secured().await;
@@ -330,7 +321,7 @@ async fn failures_and_submitters_are_counted() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    let text = metrics_of(admin).await;
+    let text = scrape(&format!("127.0.0.1:{admin}")).await;
     assert!(
         text.contains(r#"ingest_grpc_authenticated_calls_total{submitter="loader"} 1"#),
         "{text}"
@@ -393,7 +384,7 @@ async fn with_mtls_alone_the_certificate_names_the_submitter() {
     )
     .await
     .unwrap();
-    let text = metrics_of(admin).await;
+    let text = scrape(&format!("127.0.0.1:{admin}")).await;
     for name in ["http-edge", "batch-loader.internal"] {
         assert!(
             text.contains(&format!(

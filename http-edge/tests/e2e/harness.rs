@@ -158,18 +158,6 @@ impl Edge {
         false
     }
 
-    /// The metrics page of the admin listener at `admin` (`host:port`).
-    pub(crate) async fn scrape(&self, admin: &str) -> String {
-        self.client
-            .get(format!("http://{admin}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -267,6 +255,50 @@ impl Edge {
             .args(["-TERM", &child.id().to_string()])
             .status();
         child.wait().unwrap()
+    }
+}
+
+/// The metrics page of the admin listener at `admin` (`host:port`).
+pub(crate) async fn scrape(admin: &str) -> String {
+    reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A peer that accepts connections and never answers on them (a hung process, a network that
+/// drops packets); dropped, it closes them all.
+pub(crate) struct BlackHole {
+    pub(crate) addr: SocketAddr,
+    holding: tokio::task::JoinHandle<()>,
+}
+
+impl BlackHole {
+    pub(crate) async fn start() -> BlackHole {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let holding = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        BlackHole { addr, holding }
+    }
+
+    /// Closes the listener and every connection, and returns once they are closed (so that
+    /// something else can listen on `addr`).
+    pub(crate) async fn close(mut self) {
+        self.holding.abort();
+        let _ = (&mut self.holding).await;
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.holding.abort();
     }
 }
 

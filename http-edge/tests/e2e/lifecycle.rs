@@ -1,7 +1,7 @@
 //! Durability across SIGKILL, graceful SIGTERM, and a core that cannot be reached.
 
 use crate::{
-    harness::{Edge, json_reply},
+    harness::{BlackHole, Edge, json_reply, scrape},
     servers::free_port,
     spec::BANDWIDTH_INBOUND,
 };
@@ -69,7 +69,7 @@ async fn metrics_on_the_admin_listener_count_outcomes() {
         .status(),
         400
     );
-    let text = edge.scrape(&admin_addr).await;
+    let text = scrape(&admin_addr).await;
     for line in [
         r#"ingest_webhook_requests_total{carrier="twilio",status="200"} 2"#,
         r#"ingest_webhook_requests_total{carrier="twilio",status="400"} 1"#,
@@ -130,14 +130,8 @@ async fn a_client_too_slow_to_send_headers_is_disconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_concurrency_limit_is_shared_by_every_route_and_sheds_with_503() {
     // A "core" that accepts connections and never answers.
-    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let core = format!("http://{}", blackhole.local_addr().unwrap());
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in blackhole.incoming().flatten() {
-            held.push(stream);
-        }
-    });
+    let blackhole = BlackHole::start().await;
+    let core = format!("http://{}", blackhole.addr);
     let edge = Edge::without_core(
         &core,
         &["--core-timeout-ms", "3000", "--http-concurrency-limit", "1"],

@@ -25,7 +25,10 @@ use opentelemetry_proto::tonic::{
 use serde_json::Value;
 
 use crate::{
-    fake_sqs::FakeSqs, harness::Edge, servers::free_port, spec::BANDWIDTH_INBOUND,
+    fake_sqs::FakeSqs,
+    harness::{BlackHole, Edge, scrape},
+    servers::free_port,
+    spec::BANDWIDTH_INBOUND,
     two_cores::ingest_core_binary,
 };
 
@@ -640,8 +643,8 @@ async fn an_unsupported_otlp_setting_is_a_configuration_error() {
 }
 
 /// The value of the counter `series` (name and labels) on the edge's metrics page at `admin`.
-async fn counter(edge: &Edge, admin: &str, series: &str) -> f64 {
-    edge.scrape(admin)
+async fn counter(admin: &str, series: &str) -> f64 {
+    scrape(admin)
         .await
         .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
@@ -651,14 +654,8 @@ async fn counter(edge: &Edge, admin: &str, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_hangs_costs_no_webhook_and_shows_in_the_metrics_and_the_log() {
     // A collector that takes connections and never answers.
-    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = hole.local_addr().unwrap();
-    let swallowing = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = hole.accept().await {
-            held.push(socket);
-        }
-    });
+    let hole = BlackHole::start().await;
+    let addr = hole.addr;
     let admin = format!("127.0.0.1:{}", free_port());
     let endpoint = format!("http://{addr}");
     let mut edge = Edge::start(
@@ -684,7 +681,7 @@ async fn a_collector_that_hangs_costs_no_webhook_and_shows_in_the_metrics_and_th
         );
     }
     let give_up = Instant::now() + Duration::from_secs(15);
-    while counter(&edge, &admin, failed).await == 0.0 {
+    while counter(&admin, failed).await == 0.0 {
         assert!(
             Instant::now() < give_up,
             "no failed export counted:\n{}",
@@ -692,7 +689,7 @@ async fn a_collector_that_hangs_costs_no_webhook_and_shows_in_the_metrics_and_th
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(counter(&edge, &admin, exported).await, 0.0);
+    assert_eq!(counter(&admin, exported).await, 0.0);
     assert!(
         edge.log().contains("BatchSpanProcessor.ExportError"),
         "the failed export is logged:\n{}",
@@ -700,13 +697,12 @@ async fn a_collector_that_hangs_costs_no_webhook_and_shows_in_the_metrics_and_th
     );
 
     // The collector comes back on the same address: spans flow again, and the log says so.
-    swallowing.abort();
-    let _ = swallowing.await;
+    hole.close().await;
     let receiver = Receiver::default();
     receiver.start_on(addr).await;
     let give_up = Instant::now() + Duration::from_secs(20);
     let mut i = 0;
-    while receiver.spans().is_empty() || counter(&edge, &admin, exported).await == 0.0 {
+    while receiver.spans().is_empty() || counter(&admin, exported).await == 0.0 {
         assert!(
             Instant::now() < give_up,
             "export never resumed:\n{}",
