@@ -1,6 +1,14 @@
 //! The `IngestService` gRPC handlers and the claim → publish → commit pipeline behind them.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use carrier_ingest::v1::{
     Carrier, Outcome, QuarantineReply, QuarantineRequest, SubmitBatchReply, SubmitBatchRequest,
@@ -224,18 +232,13 @@ impl Pipeline {
         deadline: Option<Instant>,
     ) -> Result<SubmitReply, IngestError> {
         let this = self.clone();
-        // The task stays in the caller's span (the `rpc` span, or the edge's `request` span in
+        // The work stays in the caller's span (the `rpc` span, or the edge's `request` span in
         // place). The event's own lines name it themselves: a span per event cost more (it is
         // formatted, stored and closed for every event) than the few lines that need it.
-        let span = tracing::Span::current();
-        tokio::spawn(
-            async move { this.process(event, trace, log_events, deadline).await }.instrument(span),
-        )
+        Detached::new("ingest", async move {
+            this.process(event, trace, log_events, deadline).await
+        })
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "ingest task failed");
-            IngestError::Internal
-        })?
     }
 
     async fn process(
@@ -369,8 +372,9 @@ impl Pipeline {
             reason = %entry.reason,
             record_id = %entry.record_id,
         );
-        // Its own task, like `ingest`: a caller giving up cannot leave a claim half-settled.
-        tokio::spawn(
+        // Like `ingest`: a caller giving up cannot leave a claim half-settled.
+        Detached::new(
+            "quarantine",
             async move {
                 let mut outbound = entry.to_outbound();
                 trace.add_to(&mut outbound.attributes);
@@ -400,10 +404,93 @@ impl Pipeline {
             .instrument(span),
         )
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "quarantine task failed");
-            IngestError::Internal
-        })?
+    }
+}
+
+/// The claim → publish → commit work of one call, run in the caller's task while the caller
+/// waits for it, and finished on a task of its own if the caller stops waiting (its deadline
+/// passed, its connection closed, the server dropped the call): a claim is never left
+/// half-settled, and the event published is committed. It used to run on a task of its own
+/// every time; a spawn and a wake-up per event more, on the path of every webhook.
+///
+/// A panic in the work is caught and answered as an internal error, as a failed task was.
+struct Detached<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    /// What the work is, for the log line of a panic.
+    what: &'static str,
+    /// The work, until it has finished.
+    work: Option<Pin<Box<F>>>,
+    /// The caller's span, which the work keeps if it is finished on a task of its own.
+    span: tracing::Span,
+}
+
+impl<F> Detached<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn new(what: &'static str, work: F) -> Self {
+        Self {
+            what,
+            work: Some(Box::pin(work)),
+            span: tracing::Span::current(),
+        }
+    }
+}
+
+impl<F, T> Future for Detached<F>
+where
+    F: Future<Output = Result<T, IngestError>> + Send + 'static,
+    T: Send + 'static,
+{
+    type Output = Result<T, IngestError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(work) = self.work.as_mut() else {
+            return Poll::Ready(Err(IngestError::Internal));
+        };
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx)));
+        let result = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(result)) => result,
+            Err(panic) => {
+                let error = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(error, "{} task failed", self.what);
+                Err(IngestError::Internal)
+            }
+        };
+        self.work = None;
+        Poll::Ready(result)
+    }
+}
+
+impl<F> Drop for Detached<F>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn drop(&mut self) {
+        let Some(work) = self.work.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(work.instrument(self.span.clone()));
+            }
+            // Dropped outside any runtime (nothing in this service does): the claim lapses
+            // after its lease, and the submitter's retry is taken then.
+            Err(_) => tracing::warn!(
+                "{}: caller gone outside a runtime; its claim will lapse",
+                self.what
+            ),
+        }
     }
 }
 
@@ -723,6 +810,129 @@ impl IngestGrpc {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{dedupe::MemoryDedupe, publish::PublishError};
+    use carrier_ingest::v1::InboundMessage;
+    use tokio::sync::Semaphore;
+
+    /// A publisher that holds every publish until the test lets it through, counts what it
+    /// published, and panics on an event whose body says so.
+    struct Gated {
+        gate: Semaphore,
+        published: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Publisher for Gated {
+        async fn publish(
+            &self,
+            _queue: &str,
+            event: &OutboundEvent,
+            _deadline: Option<Instant>,
+        ) -> Result<(), PublishError> {
+            if event.body.contains("panic-please") {
+                panic!("publisher bug");
+            }
+            self.gate.acquire().await.expect("open").forget();
+            self.published.lock().unwrap().push(event.event_id.clone());
+            Ok(())
+        }
+        async fn check(&self, _queue: &str) -> Result<(), PublishError> {
+            Ok(())
+        }
+        fn name(&self) -> &'static str {
+            "gated"
+        }
+    }
+
+    fn gated_pipeline() -> (Arc<Pipeline>, Arc<Gated>) {
+        let publisher = Arc::new(Gated {
+            gate: Semaphore::new(0),
+            published: std::sync::Mutex::new(Vec::new()),
+        });
+        let dedupe = Arc::new(MemoryDedupe::new(
+            Duration::from_secs(60),
+            1000,
+            Duration::from_secs(30),
+        ));
+        let routes = Routes {
+            inbound: "q".into(),
+            status: "q".into(),
+            quarantine: "q".into(),
+            overrides: HashMap::new(),
+        };
+        (Pipeline::new(dedupe, publisher.clone(), routes), publisher)
+    }
+
+    fn normalized(id: &str, text: &str) -> Normalized {
+        let message = InboundMessage {
+            carrier: Carrier::Messagebird as i32,
+            carrier_message_id: id.into(),
+            from: "15559876543".into(),
+            to: vec!["15551234567".into()],
+            text: text.into(),
+            carrier_time: "2024-01-15T10:30:00+00:00".into(),
+            ..Default::default()
+        };
+        event::normalize(Submitted::Inbound(message), "ev").expect("valid")
+    }
+
+    fn no_trace() -> Propagated {
+        Propagated {
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            tracestate: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_stops_waiting_leaves_the_publish_to_finish_and_commit() {
+        let (pipeline, publisher) = gated_pipeline();
+        // The caller gives up while the publish is held (its deadline, a closed connection).
+        let call = pipeline.ingest(normalized("m-1", "hi"), no_trace());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), call)
+                .await
+                .is_err(),
+            "held by the publisher"
+        );
+        assert!(publisher.published.lock().unwrap().is_empty());
+        // The publish goes through after the caller left, and its claim is committed: the
+        // carrier's retry is a duplicate, not a second event and not a wait on a stuck claim.
+        publisher.gate.add_permits(1);
+        let retried = tokio::time::timeout(
+            Duration::from_secs(5),
+            pipeline.ingest(normalized("m-1", "hi"), no_trace()),
+        )
+        .await
+        .expect("the claim was settled")
+        .expect("answered");
+        assert_eq!(retried.outcome, Outcome::Duplicate as i32);
+        assert_eq!(publisher.published.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_waits_gets_the_outcome_and_a_panic_is_an_internal_error() {
+        let (pipeline, publisher) = gated_pipeline();
+        publisher.gate.add_permits(1);
+        let reply = pipeline
+            .ingest(normalized("m-2", "hi"), no_trace())
+            .await
+            .expect("published");
+        assert_eq!(reply.outcome, Outcome::Accepted as i32);
+        let panicked = pipeline
+            .ingest(normalized("m-3", "panic-please"), no_trace())
+            .await;
+        assert!(
+            matches!(panicked, Err(IngestError::Internal)),
+            "{panicked:?}"
+        );
+        // The call after it is served as usual.
+        publisher.gate.add_permits(1);
+        let reply = pipeline
+            .ingest(normalized("m-4", "hi"), no_trace())
+            .await
+            .expect("published");
+        assert_eq!(reply.outcome, Outcome::Accepted as i32);
+    }
 
     #[test]
     fn grpc_timeouts_parse_in_every_unit_and_nothing_else_does() {
