@@ -410,8 +410,8 @@ impl Pipeline {
 /// The claim → publish → commit work of one call, run in the caller's task while the caller
 /// waits for it, and finished on a task of its own if the caller stops waiting (its deadline
 /// passed, its connection closed, the server dropped the call): a claim is never left
-/// half-settled, and the event published is committed. It used to run on a task of its own
-/// every time; a spawn and a wake-up per event more, on the path of every webhook.
+/// half-settled, and the event published is committed. A task of its own every time would
+/// cost a spawn and a wake-up per event, on the path of every webhook.
 ///
 /// A panic in the work is caught and answered as an internal error, as a failed task was.
 struct Detached<F>
@@ -912,11 +912,11 @@ mod tests {
     #[tokio::test]
     async fn a_caller_that_waits_gets_the_outcome_and_a_panic_is_an_internal_error() {
         let (pipeline, publisher) = gated_pipeline();
-        publisher.gate.add_permits(1);
-        let reply = pipeline
-            .ingest(normalized("m-2", "hi"), no_trace())
-            .await
-            .expect("published");
+        let let_through = |id: &'static str| {
+            publisher.gate.add_permits(1);
+            pipeline.ingest(normalized(id, "hi"), no_trace())
+        };
+        let reply = let_through("m-2").await.expect("published");
         assert_eq!(reply.outcome, Outcome::Accepted as i32);
         let panicked = pipeline
             .ingest(normalized("m-3", "panic-please"), no_trace())
@@ -926,11 +926,7 @@ mod tests {
             "{panicked:?}"
         );
         // The call after it is served as usual.
-        publisher.gate.add_permits(1);
-        let reply = pipeline
-            .ingest(normalized("m-4", "hi"), no_trace())
-            .await
-            .expect("published");
+        let reply = let_through("m-4").await.expect("published");
         assert_eq!(reply.outcome, Outcome::Accepted as i32);
     }
 
