@@ -2,7 +2,6 @@
 
 use std::{
     collections::HashMap,
-    future::Future,
     panic::AssertUnwindSafe,
     pin::Pin,
     sync::Arc,
@@ -14,7 +13,10 @@ use carrier_ingest::v1::{
     Carrier, Outcome, QuarantineReply, QuarantineRequest, SubmitBatchReply, SubmitBatchRequest,
     SubmitInboundRequest, SubmitReply, SubmitStatusRequest, ingest_service_server::IngestService,
 };
-use futures_util::future::join_all;
+use futures_util::{
+    FutureExt,
+    future::{BoxFuture, join_all},
+};
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -211,8 +213,8 @@ impl Pipeline {
     /// its message attributes. A duplicate publishes nothing, so the queue keeps the trace of
     /// the first submission.
     ///
-    /// The work runs in its own task, so a caller that gives up (deadline, disconnect) cannot
-    /// leave a claim half-settled: the publish completes and its claim is committed or released.
+    /// A caller that gives up (deadline, disconnect) cannot leave a claim half-settled: the
+    /// work is finished without it (see [`Detached`]) and its claim committed or released.
     pub async fn ingest(
         self: &Arc<Self>,
         event: Normalized,
@@ -414,68 +416,51 @@ impl Pipeline {
 /// cost a spawn and a wake-up per event, on the path of every webhook.
 ///
 /// A panic in the work is caught and answered as an internal error, as a failed task was.
-struct Detached<F>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
+struct Detached<T: Send + 'static> {
     /// What the work is, for the log line of a panic.
     what: &'static str,
     /// The work, until it has finished.
-    work: Option<Pin<Box<F>>>,
+    work: Option<BoxFuture<'static, std::thread::Result<Result<T, IngestError>>>>,
     /// The caller's span, which the work keeps if it is finished on a task of its own.
     span: tracing::Span,
 }
 
-impl<F> Detached<F>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn new(what: &'static str, work: F) -> Self {
+impl<T: Send + 'static> Detached<T> {
+    fn new(
+        what: &'static str,
+        work: impl Future<Output = Result<T, IngestError>> + Send + 'static,
+    ) -> Self {
         Self {
             what,
-            work: Some(Box::pin(work)),
+            work: Some(AssertUnwindSafe(work).catch_unwind().boxed()),
             span: tracing::Span::current(),
         }
     }
 }
 
-impl<F, T> Future for Detached<F>
-where
-    F: Future<Output = Result<T, IngestError>> + Send + 'static,
-    T: Send + 'static,
-{
+impl<T: Send + 'static> Future for Detached<T> {
     type Output = Result<T, IngestError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(work) = self.work.as_mut() else {
-            return Poll::Ready(Err(IngestError::Internal));
-        };
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx)));
-        let result = match polled {
-            Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(result)) => result,
-            Err(panic) => {
-                let error = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                tracing::error!(error, "{} task failed", self.what);
-                Err(IngestError::Internal)
-            }
-        };
+        let work = self
+            .work
+            .as_mut()
+            .expect("Detached polled after it finished");
+        let finished = std::task::ready!(work.as_mut().poll(cx));
         self.work = None;
-        Poll::Ready(result)
+        Poll::Ready(finished.unwrap_or_else(|panic| {
+            let error = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(error, "{} task failed", self.what);
+            Err(IngestError::Internal)
+        }))
     }
 }
 
-impl<F> Drop for Detached<F>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
+impl<T: Send + 'static> Drop for Detached<T> {
     fn drop(&mut self) {
         let Some(work) = self.work.take() else {
             return;
