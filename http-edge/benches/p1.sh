@@ -11,7 +11,8 @@
 # and the round's ratio (the machine is shared: the median of the rounds' ratios is the figure).
 # 3. then the bare handler and the edge paced at half the edge's median rate: p50/p99;
 # then every 200 must be in the spool exactly once, and the peak RSS of the edge is printed, with
-# the edge's CPU time (user + system) per webhook in each run.
+# the edge's CPU time (user + system) per webhook in each run and the host's idle and stolen CPU
+# time in each round (this is a shared VM: steal makes it a slower machine for that run).
 # EDGE_BIN=path measures another build of http-edge (a before/after comparison).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -25,6 +26,9 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 field() { sed -n "s/.*RESULT.* $1=\([0-9.]*\).*/\1/p" "$2"; }
 # CPU time (user + system) of a process so far, in /proc's ticks (100 per second).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# The machine's idle (+ iowait), stolen (time the hypervisor gave these CPUs to someone else) and
+# total CPU time so far, in ticks: a run with much steal measured a slower machine.
+host_ticks() { awk '/^cpu / {print $5 + $6, $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
 wait_ready() { for _ in $(seq 200); do curl -sf "$1" >/dev/null && return 0; sleep 0.05; done; echo "not ready: $1"; exit 1; }
 work=$(mktemp -d)
 pids=()
@@ -46,10 +50,13 @@ wait_ready "http://127.0.0.1:$http/readyz"
 # 1 and 2, alternating.
 runs=()
 for r in $(seq "$rounds"); do
+    host=$(host_ticks)
     WRK_RUN=bare$r wrk -t1 -c"$connections" -d"${seconds}s" -s $script "http://127.0.0.1:$bare" >"$work/bare$r.txt"
-    before=$(cpu_ticks $edge_pid)
+    echo "$host $(host_ticks)" >"$work/bare$r.host"
+    before=$(cpu_ticks $edge_pid); host=$(host_ticks)
     WRK_RUN=full$r wrk -t1 -c"$connections" -d"${seconds}s" -s $script "http://127.0.0.1:$http" >"$work/path$r.txt"
     echo "$before $(cpu_ticks $edge_pid)" >"$work/path$r.cpu"
+    echo "$host $(host_ticks)" >"$work/path$r.host"
     runs+=("path$r")
 done
 path_rate=$(for r in $(seq "$rounds"); do field rate "$work/path$r.txt"; done | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
@@ -91,6 +98,9 @@ work, bare_rss, edge_rss, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3
 def res(name):
     line = next(l for l in open(f"{work}/{name}.txt") if l.startswith("RESULT"))
     return {k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)", line)}
+def host(name):
+    i0, s0, t0, i1, s1, t1 = map(int, open(f"{work}/{name}.host").read().split())
+    return f"idle {100 * (i1 - i0) / max(t1 - t0, 1):.0f} %, steal {100 * (s1 - s0) / max(t1 - t0, 1):.0f} %"
 def cpu_us(name, requests):
     before, after = map(int, open(f"{work}/{name}.cpu").read().split())
     return (after - before) * 10_000 / max(requests, 1)
@@ -101,6 +111,7 @@ for r in range(1, rounds + 1):
     print(f"round {r}: bare axum {b['rate']:>8,.0f} req/s (p50 {b['p50_ms']:.2f}, p99 {b['p99_ms']:.2f} ms)"
           f"   whole path {p['rate']:>8,.0f} req/s (p50 {p['p50_ms']:.2f}, p99 {p['p99_ms']:.2f} ms,"
           f" edge CPU {cpu_us(f'path{r}', p['requests']):.0f} µs/webhook)   ratio {ratios[-1]:.3f}")
+    print(f"         host CPUs: bare run {host(f'bare{r}')}; whole path run {host(f'path{r}')}")
 h, bh = res("half"), res("barehalf")
 print(f"whole path paced at half its median rate: {h['rate']:,.0f} req/s  p50 {h['p50_ms']:.2f} ms  p99 {h['p99_ms']:.2f} ms"
       f"  edge CPU {cpu_us('half', h['requests']):.0f} µs/webhook")

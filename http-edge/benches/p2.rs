@@ -43,6 +43,25 @@ fn arg(n: usize, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The whole machine's CPU time so far from `/proc/stat`'s first line, in ticks: (idle + iowait,
+/// steal, all). Steal is time the hypervisor gave this VM's CPUs to someone else: a run with
+/// much of it measured a slower machine.
+fn host_ticks() -> [u64; 3] {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let t: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let at = |i: usize| t.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    [at(3) + at(4), at(7), t.iter().sum()]
+}
+
 /// CPU time (user + system) that process `pid` (or `self`) has used, in microseconds. `/proc`
 /// counts it in USER_HZ ticks, 100 per second on Linux.
 fn cpu_us(pid: &str) -> u64 {
@@ -211,6 +230,7 @@ async fn main() {
         "self".to_owned(),
     ];
     let cpu_before: Vec<u64> = pids.iter().map(|p| cpu_us(p)).collect();
+    let host_before = host_ticks();
     let wrk = tokio::process::Command::new("wrk")
         .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
         .args(["-s", script, &format!("http://127.0.0.1:{http}")])
@@ -222,6 +242,13 @@ async fn main() {
     let (requests, non200) = (result(&wrk, "requests"), result(&wrk, "non200"));
     let acked = (requests - non200) as usize;
 
+    let host = {
+        let after = host_ticks();
+        let d: Vec<f64> = (0..3)
+            .map(|i| after[i].saturating_sub(host_before[i]) as f64)
+            .collect();
+        (100.0 * d[0] / d[2].max(1.0), 100.0 * d[1] / d[2].max(1.0))
+    };
     let cpu: Vec<u64> = pids
         .iter()
         .zip(&cpu_before)
@@ -255,6 +282,10 @@ async fn main() {
         per_event(cpu[0]),
         per_event(cpu[1]),
         per_event(cpu[2]),
+    );
+    println!(
+        "  the host's CPUs while wrk ran: {:.1} % idle, {:.1} % stolen by the hypervisor",
+        host.0, host.1
     );
     // Where a webhook's time went, from the services' own histograms (means over the run).
     let edge_metrics = metrics_page(&format!("http://127.0.0.1:{edge_admin}/metrics")).await;
