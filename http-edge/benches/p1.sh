@@ -12,7 +12,7 @@
 # 3. then the bare handler and the edge paced at half the edge's median rate: p50/p99;
 # then every 200 must be in the spool exactly once, and the peak RSS of the edge is printed, with
 # the edge's CPU time (user + system) per webhook in each run and the host's idle and stolen CPU
-# time in each round (this is a shared VM: steal makes it a slower machine for that run).
+# time in each run (this is a shared VM: steal makes it a slower machine for that run).
 # EDGE_BIN=path measures another build of http-edge (a before/after comparison).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -47,16 +47,22 @@ http=$(port); grpc=$(port); admin=$(port)
 edge_pid=$!
 wait_ready "http://127.0.0.1:$http/readyz"
 
+# One wrk run named NAME against URL (paced when WRK_RATE is set), its output in NAME.txt, and
+# the edge's and the host's CPU time around it in NAME.cpu and NAME.host. The name is also the
+# run's WRK_RUN, which keeps message ids unique across runs.
+measure() {
+    local name=$1 url=$2 cpu host
+    cpu=$(cpu_ticks $edge_pid); host=$(host_ticks)
+    WRK_RUN=$name wrk -t1 -c"$connections" -d"${seconds}s" -s $script "$url" >"$work/$name.txt"
+    echo "$cpu $(cpu_ticks $edge_pid)" >"$work/$name.cpu"
+    echo "$host $(host_ticks)" >"$work/$name.host"
+}
+
 # 1 and 2, alternating.
 runs=()
 for r in $(seq "$rounds"); do
-    host=$(host_ticks)
-    WRK_RUN=bare$r wrk -t1 -c"$connections" -d"${seconds}s" -s $script "http://127.0.0.1:$bare" >"$work/bare$r.txt"
-    echo "$host $(host_ticks)" >"$work/bare$r.host"
-    before=$(cpu_ticks $edge_pid); host=$(host_ticks)
-    WRK_RUN=full$r wrk -t1 -c"$connections" -d"${seconds}s" -s $script "http://127.0.0.1:$http" >"$work/path$r.txt"
-    echo "$before $(cpu_ticks $edge_pid)" >"$work/path$r.cpu"
-    echo "$host $(host_ticks)" >"$work/path$r.host"
+    measure bare$r "http://127.0.0.1:$bare"
+    measure path$r "http://127.0.0.1:$http"
     runs+=("path$r")
 done
 path_rate=$(for r in $(seq "$rounds"); do field rate "$work/path$r.txt"; done | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
@@ -64,12 +70,10 @@ path_rate=$(for r in $(seq "$rounds"); do field rate "$work/path$r.txt"; done | 
 # 3. The same at half that rate; first the bare handler at that rate, for this host's own tail
 # latency there (the p99 goal is about ours).
 half=$(python3 -c "print(int(float('$path_rate') / 2))")
-WRK_RUN=barehalf WRK_RATE=$half wrk -t1 -c"$connections" -d"${seconds}s" -s $script "http://127.0.0.1:$bare" >"$work/barehalf.txt"
+WRK_RATE=$half measure barehalf "http://127.0.0.1:$bare"
 bare_rss=$(awk '/VmHWM/ {print $2}' /proc/$bare_pid/status)
 kill $bare_pid; wait $bare_pid 2>/dev/null || true
-before=$(cpu_ticks $edge_pid)
-WRK_RUN=half WRK_RATE=$half wrk -t1 -c"$connections" -d"${seconds}s" -s $script "http://127.0.0.1:$http" >"$work/half.txt"
-echo "$before $(cpu_ticks $edge_pid)" >"$work/half.cpu"
+WRK_RATE=$half measure half "http://127.0.0.1:$http"
 edge_rss=$(awk '/VmHWM/ {print $2}' /proc/$edge_pid/status)
 kill -TERM $edge_pid; wait $edge_pid || true
 
@@ -114,9 +118,9 @@ for r in range(1, rounds + 1):
     print(f"         host CPUs: bare run {host(f'bare{r}')}; whole path run {host(f'path{r}')}")
 h, bh = res("half"), res("barehalf")
 print(f"whole path paced at half its median rate: {h['rate']:,.0f} req/s  p50 {h['p50_ms']:.2f} ms  p99 {h['p99_ms']:.2f} ms"
-      f"  edge CPU {cpu_us('half', h['requests']):.0f} µs/webhook")
+      f"  edge CPU {cpu_us('half', h['requests']):.0f} µs/webhook  (host CPUs: {host('half')})")
 print(f"bare axum paced at the same rate, just before: {bh['rate']:,.0f} req/s  p50 {bh['p50_ms']:.2f} ms"
-      f"  p99 {bh['p99_ms']:.2f} ms (this host's own latency at that rate)")
+      f"  p99 {bh['p99_ms']:.2f} ms (this host's own latency at that rate; host CPUs: {host('barehalf')})")
 print(f"ratio (whole path / bare), median of {rounds} rounds = {statistics.median(ratios):.3f}"
       f"   peak RSS: edge {edge_rss // 1024} MiB, bare {bare_rss // 1024} MiB")
 PY

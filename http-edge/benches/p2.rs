@@ -2,7 +2,8 @@
 //! SQS-compatible endpoint that answers every call after a fixed latency (20 ms by default).
 //! wrk sends the spec's Bandwidth inbound webhook (Basic auth on, each with its own message id)
 //! over 128 connections; at the end every 200 must be on the queue exactly once. Prints
-//! events/s, `SendMessageBatch` calls per event and latency.
+//! events/s, `SendMessageBatch` calls per event, latency, each process's CPU per event and the
+//! host's idle and stolen CPU time during the run.
 //!
 //! `bash http-edge/benches/p2.sh [SECONDS=10] [CONNECTIONS=128] [SQS_LATENCY_MS=20]`, which
 //! builds the core and hands it to this bench (`cargo bench` holds the build lock).
@@ -43,23 +44,28 @@ fn arg(n: usize, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The whole machine's CPU time so far from `/proc/stat`'s first line, in ticks: (idle + iowait,
-/// steal, all). Steal is time the hypervisor gave this VM's CPUs to someone else: a run with
-/// much of it measured a slower machine.
-fn host_ticks() -> [u64; 3] {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let t: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
+/// The whole machine's CPU time so far from `/proc/stat`'s first line, in ticks: idle + iowait,
+/// steal, and all of it. Steal is time the hypervisor gave this VM's CPUs to someone else: a run
+/// with much of it measured a slower machine. `None` where there is no such line.
+fn host_ticks() -> Option<[u64; 3]> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields = stat.lines().next()?.strip_prefix("cpu ")?;
+    // user nice system idle iowait irq softirq steal (then guest time, already in user)
+    let t: Vec<u64> = fields
         .split_whitespace()
-        .skip(1)
         .take(8)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    let at = |i: usize| t.get(i).copied().unwrap_or(0);
-    // user nice system idle iowait irq softirq steal
-    [at(3) + at(4), at(7), t.iter().sum()]
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    (t.len() == 8).then(|| [t[3] + t[4], t[7], t.iter().sum()])
+}
+
+/// The shares of idle and stolen time between two [`host_ticks`], in percent.
+fn host_shares(before: Option<[u64; 3]>, after: Option<[u64; 3]>) -> Option<(f64, f64)> {
+    let (b, a) = (before?, after?);
+    let all = a[2].checked_sub(b[2]).filter(|&d| d > 0)? as f64;
+    let share = |i: usize| 100.0 * a[i].saturating_sub(b[i]) as f64 / all;
+    Some((share(0), share(1)))
 }
 
 /// CPU time (user + system) that process `pid` (or `self`) has used, in microseconds. `/proc`
@@ -242,13 +248,7 @@ async fn main() {
     let (requests, non200) = (result(&wrk, "requests"), result(&wrk, "non200"));
     let acked = (requests - non200) as usize;
 
-    let host = {
-        let after = host_ticks();
-        let d: Vec<f64> = (0..3)
-            .map(|i| after[i].saturating_sub(host_before[i]) as f64)
-            .collect();
-        (100.0 * d[0] / d[2].max(1.0), 100.0 * d[1] / d[2].max(1.0))
-    };
+    let host = host_shares(host_before, host_ticks());
     let cpu: Vec<u64> = pids
         .iter()
         .zip(&cpu_before)
@@ -283,10 +283,12 @@ async fn main() {
         per_event(cpu[1]),
         per_event(cpu[2]),
     );
-    println!(
-        "  the host's CPUs while wrk ran: {:.1} % idle, {:.1} % stolen by the hypervisor",
-        host.0, host.1
-    );
+    match host {
+        Some((idle, steal)) => println!(
+            "  the host's CPUs while wrk ran: {idle:.1} % idle, {steal:.1} % stolen by the hypervisor"
+        ),
+        None => println!("  the host's CPUs while wrk ran: unknown (no /proc/stat)"),
+    }
     // Where a webhook's time went, from the services' own histograms (means over the run).
     let edge_metrics = metrics_page(&format!("http://127.0.0.1:{edge_admin}/metrics")).await;
     let core_metrics = metrics_page(&format!("http://127.0.0.1:{core_admin}/metrics")).await;
