@@ -130,7 +130,9 @@ fn mean_ms(text: &str, name: &str, labels: &str) -> Option<f64> {
     (count > 0.0).then(|| sum / count * 1e3)
 }
 
-async fn wait_ready(url: &str) {
+/// Waits for `url` to answer 200; if it never does, panics with the services' logs in `dir`
+/// (a port taken between `free_port` and the bind shows there, as a bind error).
+async fn wait_ready(url: &str, dir: &std::path::Path) {
     let client = reqwest::Client::new();
     for _ in 0..400 {
         if client
@@ -143,7 +145,14 @@ async fn wait_ready(url: &str) {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("not ready: {url}");
+    let logs: String = ["core.log", "edge.log"]
+        .iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+            format!("--- {name}:\n{text}\n")
+        })
+        .collect();
+    panic!("not ready: {url}\n{logs}");
 }
 
 /// `key=value` of wrk's `RESULT` line (benches/bandwidth.lua).
@@ -227,7 +236,7 @@ async fn main() {
             .spawn()
             .expect("start http-edge"),
     );
-    wait_ready(&format!("http://127.0.0.1:{http}/readyz")).await;
+    wait_ready(&format!("http://127.0.0.1:{http}/readyz"), data.path()).await;
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/bandwidth.lua");
     let pids = [
