@@ -130,6 +130,10 @@ fn mean_ms(text: &str, name: &str, labels: &str) -> Option<f64> {
     (count > 0.0).then(|| sum / count * 1e3)
 }
 
+/// The services' log files in the bench's data directory.
+const CORE_LOG: &str = "core.log";
+const EDGE_LOG: &str = "edge.log";
+
 /// Waits for `url` to answer 200; if it never does, panics with the services' logs in `dir`
 /// (a port taken between `free_port` and the bind shows there, as a bind error).
 async fn wait_ready(url: &str, dir: &std::path::Path) {
@@ -145,7 +149,7 @@ async fn wait_ready(url: &str, dir: &std::path::Path) {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let logs: String = ["core.log", "edge.log"]
+    let logs: String = [CORE_LOG, EDGE_LOG]
         .iter()
         .map(|name| {
             let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
@@ -208,7 +212,7 @@ async fn main() {
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .stdout(Stdio::null())
-            .stderr(log("core.log"))
+            .stderr(log(CORE_LOG))
             .spawn()
             .expect("start ingest-core"),
     );
@@ -232,7 +236,7 @@ async fn main() {
             .envs(std::env::var("P2_EDGE_THREADS").map(|t| ("TOKIO_WORKER_THREADS", t)))
             .envs(std::env::var("P2_RUST_LOG").map(|t| ("RUST_LOG", t)))
             .stdout(Stdio::null())
-            .stderr(log("edge.log"))
+            .stderr(log(EDGE_LOG))
             .spawn()
             .expect("start http-edge"),
     );
