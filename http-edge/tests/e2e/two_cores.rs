@@ -336,11 +336,15 @@ pub(crate) async fn send_through_a_fault(
                     while in_flight.load(Ordering::Relaxed) < 3 && Instant::now() < wait_until {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
+                    // The fault's moment is the signal's, taken before it is sent: `kill` also
+                    // waits for the process to be reaped, and replies that land meanwhile (retried
+                    // on the other core, or a batch of the other core leaving) are not ones the
+                    // kill missed.
+                    *fault_at.lock().unwrap() = Some(start.elapsed());
                     match plan.fault {
                         Fault::Kill => victim.lock().unwrap().kill(),
                         Fault::Freeze => victim.lock().unwrap().freeze(),
                     }
-                    *fault_at.lock().unwrap() = Some(start.elapsed());
                     let (victim, after, fault) = (victim.clone(), plan.recover_after, plan.fault);
                     *recovery.lock().unwrap() = Some(tokio::spawn(async move {
                         tokio::time::sleep(after).await;
