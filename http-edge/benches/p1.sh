@@ -75,6 +75,7 @@ bare_rss=$(awk '/VmHWM/ {print $2}' /proc/$bare_pid/status)
 kill $bare_pid; wait $bare_pid 2>/dev/null || true
 WRK_RATE=$half measure half "http://127.0.0.1:$http"
 edge_rss=$(awk '/VmHWM/ {print $2}' /proc/$edge_pid/status)
+curl -sf "http://127.0.0.1:$admin/metrics" >"$work/metrics.txt" || true
 kill -TERM $edge_pid; wait $edge_pid || true
 
 # Every 200 in the spool exactly once: no duplicate, nothing missing (a run may end with up to
@@ -84,12 +85,23 @@ for f in "${runs[@]}" half; do
     non200=$(field non200 "$work/$f.txt"); [ "$non200" = 0 ] || { cat "$work/$f.txt"; echo "FAIL: $non200 non-200 replies ($f)"; exit 1; }
     acked=$((acked + $(field requests "$work/$f.txt")))
 done
-python3 - "$work/data/inbound.jsonl" "$acked" "$((connections * (rounds + 1)))" <<'PY'
+python3 - "$work/data/inbound.jsonl" "$acked" "$((connections * (rounds + 1)))" "$work/metrics.txt" <<'PY'
 import json, sys
 lines = [json.loads(l) for l in open(sys.argv[1])]
 acked, in_flight = int(sys.argv[2]), int(sys.argv[3])
 ids = [l["eventId"] for l in lines]
 print(f"spool: {len(lines)} events, {len(set(ids))} distinct event ids; 200 replies counted by wrk: {acked}")
+# The spool's group commits over all the runs, from the edge's metrics: the fsync is the floor
+# of a webhook's latency, and events per fsync say how well concurrent webhooks share one.
+series = {}
+for l in open(sys.argv[4]):
+    if 'journal="spool-inbound"' in l and not l.startswith("#"):
+        name, value = l.rsplit(" ", 1)
+        series[name.split("{")[0]] = float(value)
+syncs = series.get("ingest_journal_sync_duration_seconds_count", 0)
+if syncs:
+    print(f"spool group commits: {syncs:.0f}, {series.get('ingest_journal_records_total', 0) / syncs:.1f} events "
+          f"per fsync, write + fsync {1e3 * series['ingest_journal_sync_duration_seconds_sum'] / syncs:.3f} ms on average")
 if len(set(ids)) != len(ids):
     sys.exit("FAIL: an event is in the spool twice")
 if not acked <= len(lines) <= acked + in_flight:
