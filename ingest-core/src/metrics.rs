@@ -37,6 +37,18 @@ pub fn render() -> String {
     text
 }
 
+/// The value of one series of the registry, named as rendered (`name{label="v",…}`), if it has
+/// that series.
+pub fn sample(series: &str) -> Option<f64> {
+    render().lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// Latency buckets from 1 ms to ~16 s.
 pub fn latency_histogram() -> Histogram {
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(

@@ -160,6 +160,7 @@ fn end_of_last_line(file: &mut File, len: u64) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::sample;
 
     /// A journal whose every append waits for the test to say how it ends.
     struct Gated {
@@ -205,14 +206,6 @@ mod tests {
         assert_eq!(*data.lock().unwrap(), b"one\n");
     }
 
-    /// The value of the series `name{journal="<journal>"}` in the metrics page.
-    fn series(name: &str, journal: &str) -> Option<f64> {
-        let prefix = format!("{name}{{journal=\"{journal}\"}} ");
-        crate::metrics::render()
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix).map(|v| v.trim().parse().unwrap()))
-    }
-
     #[tokio::test]
     async fn each_group_commit_is_timed_and_its_durable_records_counted() {
         let data = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -232,10 +225,14 @@ mod tests {
         writer.append(b"two\n".to_vec()).await.unwrap();
         open_gate.send(Err(io::Error::other("disk gone"))).unwrap();
         assert!(writer.append(b"three\n".to_vec()).await.is_err());
-        let count = "ingest_journal_sync_duration_seconds_count";
-        assert_eq!(series(count, &name), Some(3.0), "every group is timed");
+        let series = |metric: &str| sample(&format!("{metric}{{journal=\"{name}\"}}"));
         assert_eq!(
-            series("ingest_journal_records_total", &name),
+            series("ingest_journal_sync_duration_seconds_count"),
+            Some(3.0),
+            "every group is timed"
+        );
+        assert_eq!(
+            series("ingest_journal_records_total"),
             Some(2.0),
             "only durable records are counted"
         );

@@ -7,6 +7,7 @@ use carrier_ingest::v1::{Carrier, Envelope, Outcome, envelope::Event};
 use futures_util::future::join_all;
 use ingest_core::{
     dedupe::MemoryDedupe,
+    metrics::sample,
     publish::{SqsPublisher, SqsSettings},
     service::{Pipeline, Routes},
 };
@@ -183,7 +184,7 @@ async fn concurrent_events_share_batch_calls() {
 
     // The metrics say how many calls there were and how full they left.
     let name = ingest_core::publish::queue_name(&queue);
-    let metric = |series: &str| metric_value(&format!("{series}{{queue=\"{name}\""));
+    let metric = |series: &str| sample(&format!("{series}{{queue=\"{name}\"}}"));
     assert_eq!(
         metric("ingest_sqs_batch_entries_sum"),
         Some(EVENTS as f64),
@@ -194,22 +195,13 @@ async fn concurrent_events_share_batch_calls() {
         Some(stats.batch_calls as f64)
     );
     assert_eq!(
-        metric_value(&format!(
-            "ingest_sqs_call_duration_seconds_count{{queue=\"{name}\",outcome=\"ok\""
+        sample(&format!(
+            "ingest_sqs_call_duration_seconds_count{{queue=\"{name}\",outcome=\"ok\"}}"
         )),
         Some(stats.batch_calls as f64),
         "every call timed"
     );
     core.shutdown().await;
-}
-
-/// The value of the series `prefix` (a name and its labels, up to the closing brace) in the
-/// process's metrics.
-fn metric_value(prefix: &str) -> Option<f64> {
-    ingest_core::metrics::render().lines().find_map(|line| {
-        let rest = line.strip_prefix(prefix)?;
-        rest.strip_prefix("} ")?.trim().parse().ok()
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,8 +280,8 @@ async fn stopped_sqs_opens_the_circuit_and_the_outbox_forwards_after_restart() {
     );
     assert_eq!(core.health().await, ServingStatus::Serving);
     let name = ingest_core::publish::queue_name(&queue);
-    let failed = metric_value(&format!(
-        "ingest_sqs_call_duration_seconds_count{{queue=\"{name}\",outcome=\"error\""
+    let failed = sample(&format!(
+        "ingest_sqs_call_duration_seconds_count{{queue=\"{name}\",outcome=\"error\"}}"
     ));
     assert!(
         failed.is_some_and(|n| n >= 3.0),
