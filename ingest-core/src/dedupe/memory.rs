@@ -1,7 +1,8 @@
 //! In-memory dedupe, bounded in entries and time: the embedded default for one process.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
+    hash::{BuildHasher, RandomState},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -10,17 +11,21 @@ use std::{
 };
 
 use async_trait::async_trait;
+use hashbrown::HashTable;
+use sha2::{Digest, Sha256};
 use tokio::{sync::Notify, time::Instant};
 
 use super::{Claim, ClaimToken, DedupeError, DedupeStore};
 
 /// Dedupe held in this process's memory.
 ///
-/// Committed ids are kept for `ttl` and at most `capacity` of them (oldest evicted first). A claim
-/// is a lease: if its holder vanishes without committing or releasing, it lapses after `lease`.
+/// Committed ids are kept for `ttl` (rounded up to the next whole second) and at most `capacity`
+/// of them (oldest evicted first). A claim is a lease: if its holder vanishes without committing
+/// or releasing, it lapses after `lease`.
 ///
-/// A remembered event id costs about 90 bytes at a million of them (`benches/dedupe_memory.rs`):
-/// it is kept as its 16 bytes, not as text, once in a set and once in the expiry queue.
+/// A remembered event id costs about 30 bytes at a million of them (`benches/dedupe_memory.rs`):
+/// its 16 bytes and its expiry in a ring kept in commit order, and a 4-byte position in a hash
+/// table that finds it there.
 #[derive(Debug)]
 pub struct MemoryDedupe {
     inner: Mutex<Inner>,
@@ -28,46 +33,72 @@ pub struct MemoryDedupe {
     lease: Duration,
     capacity: usize,
     next_token: AtomicU64,
-    /// Expiry times are kept as milliseconds since this instant.
+    /// Expiry times are kept as whole seconds since this instant.
     base: Instant,
+    /// Keyed per process, so the ids that land in one bucket cannot be chosen from outside.
+    hasher: RandomState,
 }
 
-/// A remembered id: the 16 bytes of an event id (32 lowercase hex digits, as the core derives
-/// them), or the id itself in any other form.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Digest([u8; 16]),
-    Other(Box<str>),
+/// A remembered id as 16 bytes: those of an event id (32 lowercase hex digits, as the core
+/// derives them), or for an id in any other form the first 16 of its SHA-256, its text kept
+/// beside it to be handed over as given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    bytes: [u8; 16],
+    other: bool,
 }
 
 impl Key {
     fn new(id: &str) -> Self {
-        let mut digest = [0u8; 16];
+        let mut bytes = [0u8; 16];
         let lowercase_hex =
             id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if lowercase_hex && hex::decode_to_slice(id, &mut digest).is_ok() {
-            Key::Digest(digest)
-        } else {
-            Key::Other(id.into())
+        if lowercase_hex && hex::decode_to_slice(id, &mut bytes).is_ok() {
+            return Key {
+                bytes,
+                other: false,
+            };
+        }
+        bytes.copy_from_slice(&Sha256::digest(id.as_bytes())[..16]);
+        Key { bytes, other: true }
+    }
+}
+
+/// The top bit of [`Entry::expires`]: the entry's key is an `other` one.
+const OTHER: u32 = 1 << 31;
+
+/// A committed id in the ring: 20 bytes.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    bytes: [u8; 16],
+    /// Whole seconds since `base` (below [`OTHER`]), or-ed with [`OTHER`] for an `other` key.
+    expires: u32,
+}
+
+impl Entry {
+    fn key(&self) -> Key {
+        Key {
+            bytes: self.bytes,
+            other: self.expires & OTHER != 0,
         }
     }
 
-    /// The id as it was given.
-    fn id(&self) -> String {
-        match self {
-            Key::Digest(d) => hex::encode(d),
-            Key::Other(s) => s.to_string(),
-        }
+    fn expires(&self) -> u32 {
+        self.expires & !OTHER
     }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Committed ids, neither expired nor evicted.
-    committed: HashSet<Key>,
-    /// The same ids with their expiry (ms since `base`); the TTL is fixed, so commit order is
-    /// expiry order.
-    expiries: VecDeque<(u64, Key)>,
+    /// Committed ids, neither expired nor evicted, in commit order: the TTL is fixed, so that is
+    /// also expiry order, and the oldest is at the front.
+    ring: VecDeque<Entry>,
+    /// The sequence number of `ring[0]`; they count up, wrapping, one per commit.
+    head: u32,
+    /// The sequence number of each entry of `ring`, found by the hash of its key.
+    index: HashTable<u32>,
+    /// The text of the committed `other` keys.
+    others: HashMap<[u8; 16], Box<str>>,
     /// Claims being held.
     pending: HashMap<Key, Pending>,
 }
@@ -79,40 +110,71 @@ struct Pending {
     settled: Arc<Notify>,
 }
 
+/// Entries reserved up front at most (24 bytes each in the ring and the index, address space
+/// resident once written, but for the index's 1-byte control words); a larger capacity grows
+/// them as they fill.
+const RESERVE: usize = 1 << 24;
+
 impl MemoryDedupe {
     /// A store keeping committed ids for `ttl`, at most `capacity` of them, with claim leases of
     /// `lease`.
     pub fn new(ttl: Duration, capacity: usize, lease: Duration) -> Self {
+        // Sequence numbers are 32 bits: the ring must not hold more.
+        let capacity = capacity.clamp(1, (u32::MAX >> 1) as usize);
+        // Reserved, not grown by doubling: growing copies the ring and rehashes the index into
+        // new memory, and for that moment the process holds both.
+        let reserve = capacity.min(RESERVE);
+        let inner = Inner {
+            ring: VecDeque::with_capacity(reserve),
+            index: HashTable::with_capacity(reserve),
+            ..Inner::default()
+        };
         Self {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(inner),
             ttl,
             lease,
-            capacity: capacity.max(1),
+            capacity,
             next_token: AtomicU64::new(1),
             base: Instant::now(),
+            hasher: RandomState::new(),
         }
     }
 
-    fn ms(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX)
+    /// Whole seconds from `base` to `at`, rounded up or down.
+    fn secs(&self, at: Instant, round_up: bool) -> u32 {
+        let since = at.saturating_duration_since(self.base);
+        let secs = since.as_secs() + u64::from(round_up && since.subsec_nanos() > 0);
+        u32::try_from(secs).unwrap_or(u32::MAX).min(OTHER - 1)
     }
 
     /// Every committed id with the time it has left, for handing over to another store.
     pub fn committed(&self) -> Vec<(String, Duration)> {
-        let now = self.ms(Instant::now());
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.base);
         let mut inner = self.lock();
-        inner.purge_expired(now);
+        inner.purge_expired(&self.hasher, self.secs(now, false));
         inner
-            .expiries
+            .ring
             .iter()
-            .map(|(expires, key)| (key.id(), Duration::from_millis(expires.saturating_sub(now))))
+            .map(|entry| {
+                let id = if entry.key().other {
+                    inner
+                        .others
+                        .get(&entry.bytes)
+                        .map_or_else(String::new, |s| s.to_string())
+                } else {
+                    hex::encode(entry.bytes)
+                };
+                let expires = Duration::from_secs(entry.expires().into());
+                (id, expires.saturating_sub(elapsed))
+            })
             .collect()
     }
 
     /// How many ids are claimed or committed.
     pub fn len(&self) -> usize {
         let inner = self.lock();
-        inner.committed.len() + inner.pending.len()
+        inner.ring.len() + inner.pending.len()
     }
 
     /// Whether no id is claimed or committed.
@@ -121,17 +183,18 @@ impl MemoryDedupe {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves consistent data (every update is one statement).
+        // A panic while holding the lock leaves consistent data: nothing in an update can panic
+        // between its changes to the ring and to the index.
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn settle(&self, key: &str, token: &ClaimToken, commit: bool) {
+    fn settle(&self, id: &str, token: &ClaimToken, commit: bool) {
         let Ok(token) = token.0.parse::<u64>() else {
             return;
         };
-        let key = Key::new(key);
+        let key = Key::new(id);
         let mut inner = self.lock();
         let pending = match inner.pending.remove(&key) {
             Some(p) if p.token == token => p,
@@ -143,13 +206,13 @@ impl MemoryDedupe {
             None => return,
         };
         if commit {
-            let expires = self.ms(Instant::now() + self.ttl);
-            inner.committed.insert(key.clone());
-            inner.expiries.push_back((expires, key));
-            while inner.expiries.len() > self.capacity {
-                if let Some((_, old)) = inner.expiries.pop_front() {
-                    inner.committed.remove(&old);
+            let expires = self.secs(Instant::now() + self.ttl, true);
+            if !inner.contains(&self.hasher, &key) {
+                // The oldest go first: one more than the capacity would grow the ring and index.
+                while inner.ring.len() >= self.capacity {
+                    inner.pop_oldest(&self.hasher);
                 }
+                inner.insert(&self.hasher, key, id, expires);
             }
         }
         drop(inner);
@@ -158,15 +221,62 @@ impl MemoryDedupe {
 }
 
 impl Inner {
-    fn purge_expired(&mut self, now_ms: u64) {
+    /// The place in `ring` of the entry numbered `seq`.
+    fn position(&self, seq: u32) -> usize {
+        seq.wrapping_sub(self.head) as usize
+    }
+
+    fn contains(&self, hasher: &RandomState, key: &Key) -> bool {
+        self.index
+            .find(hasher.hash_one(key), |&seq| {
+                self.ring[self.position(seq)].key() == *key
+            })
+            .is_some()
+    }
+
+    /// Remembers `key` (whose text is `id`, and which it does not hold) as committed until
+    /// `expires`.
+    fn insert(&mut self, hasher: &RandomState, key: Key, id: &str, expires: u32) {
+        let seq = self.head.wrapping_add(self.ring.len() as u32);
+        let flag = if key.other { OTHER } else { 0 };
+        self.ring.push_back(Entry {
+            bytes: key.bytes,
+            expires: expires | flag,
+        });
+        if key.other {
+            self.others.insert(key.bytes, id.into());
+        }
+        let Inner {
+            ring, head, index, ..
+        } = self;
+        index.insert_unique(hasher.hash_one(key), seq, |&s| {
+            hasher.hash_one(ring[s.wrapping_sub(*head) as usize].key())
+        });
+    }
+
+    /// Forgets the oldest committed id.
+    fn pop_oldest(&mut self, hasher: &RandomState) {
+        let Some(entry) = self.ring.pop_front() else {
+            return;
+        };
+        let seq = self.head;
+        self.head = self.head.wrapping_add(1);
+        let key = entry.key();
+        if let Ok(found) = self.index.find_entry(hasher.hash_one(key), |&s| s == seq) {
+            found.remove();
+        }
+        if key.other {
+            self.others.remove(&key.bytes);
+        }
+    }
+
+    fn purge_expired(&mut self, hasher: &RandomState, now_secs: u32) {
         while self
-            .expiries
+            .ring
             .front()
-            .is_some_and(|(expires, _)| *expires <= now_ms)
+            .is_some_and(|entry| entry.expires() <= now_secs)
         {
-            if let Some((_, key)) = self.expiries.pop_front() {
-                self.committed.remove(&key);
-            }
+            self.pop_oldest(hasher);
         }
     }
 }
@@ -179,8 +289,8 @@ impl DedupeStore for MemoryDedupe {
             let now = Instant::now();
             let (settled, lease_until) = {
                 let mut inner = self.lock();
-                inner.purge_expired(self.ms(now));
-                if inner.committed.contains(&key) {
+                inner.purge_expired(&self.hasher, self.secs(now, false));
+                if inner.contains(&self.hasher, &key) {
                     return Ok(Claim::Duplicate);
                 }
                 match inner.pending.get(&key) {
@@ -188,7 +298,7 @@ impl DedupeStore for MemoryDedupe {
                     _ => {
                         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
                         inner.pending.insert(
-                            key.clone(),
+                            key,
                             Pending {
                                 token,
                                 lease_until: now + self.lease,
@@ -307,13 +417,13 @@ mod tests {
     async fn event_ids_are_kept_as_bytes_and_handed_over_as_given() {
         let s = store();
         let id = "4adfd996635d6ff523ca9d75c3a5bc11";
-        assert!(matches!(Key::new(id), Key::Digest(_)));
+        assert!(!Key::new(id).other);
         // Upper case or other lengths stay text: never two spellings of one key.
         for other in [
             "4ADFD996635D6FF523CA9D75C3A5BC11",
             "q-4adfd996635d6ff523ca9d75c3a5bc11",
         ] {
-            assert!(matches!(Key::new(other), Key::Other(_)), "{other}");
+            assert!(Key::new(other).other, "{other}");
         }
         for k in [id, "q-4adfd996635d6ff523ca9d75c3a5bc11", "k"] {
             let t = acquire(&s, k).await;
@@ -346,5 +456,64 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s.claim("c").await.unwrap(), Claim::Duplicate);
         assert!(matches!(s.claim("a").await.unwrap(), Claim::Acquired(_)));
+    }
+    #[tokio::test]
+    async fn eviction_keeps_exactly_the_newest_across_the_sequence_wrap() {
+        let s = MemoryDedupe::new(Duration::from_secs(60), 3, Duration::from_secs(5));
+        // Sequence numbers are 32 bits and wrap: start just before the wrap.
+        s.lock().head = u32::MAX - 5;
+        let (ring_room, index_room) = {
+            let inner = s.lock();
+            (inner.ring.capacity(), inner.index.capacity())
+        };
+        let ids: Vec<String> = (0..20)
+            .map(|n| {
+                if n % 2 == 0 {
+                    format!("{n:032x}")
+                } else {
+                    format!("other-{n}")
+                }
+            })
+            .collect();
+        for id in &ids {
+            let t = acquire(&s, id).await;
+            s.commit(id, &t).await.unwrap();
+        }
+        assert_eq!(s.len(), 3);
+        {
+            let inner = s.lock();
+            assert_eq!(inner.index.len(), 3);
+            // A full store evicts before it inserts: it never grows past what it reserved.
+            assert_eq!(inner.ring.capacity(), ring_room);
+            assert!(inner.index.capacity() <= index_room);
+            // Only the text of the remembered `other` ids is kept: "other-17", "other-19".
+            assert_eq!(inner.others.len(), 2);
+        }
+        let mut handed: Vec<String> = s.committed().into_iter().map(|(k, _)| k).collect();
+        handed.sort();
+        assert_eq!(
+            handed,
+            [format!("{:032x}", 18), "other-17".into(), "other-19".into()]
+        );
+        for id in &ids[17..] {
+            assert_eq!(s.claim(id).await.unwrap(), Claim::Duplicate, "{id}");
+        }
+        for id in &ids[..17] {
+            let t = acquire(&s, id).await;
+            s.release(id, &t).await.unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_id_is_remembered_for_at_least_the_ttl_and_at_most_a_second_more() {
+        let s = MemoryDedupe::new(Duration::from_secs(2), 100, Duration::from_secs(5));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let t = acquire(&s, "k").await;
+        s.commit("k", &t).await.unwrap();
+        // Committed at 0.5 s: remembered until 3 s, the expiry (2.5 s) rounded up.
+        tokio::time::advance(Duration::from_millis(2_499)).await;
+        assert_eq!(s.claim("k").await.unwrap(), Claim::Duplicate);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        acquire(&s, "k").await;
     }
 }
