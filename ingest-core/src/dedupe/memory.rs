@@ -156,17 +156,15 @@ impl MemoryDedupe {
         inner
             .ring
             .iter()
-            .map(|entry| {
+            .filter_map(|entry| {
                 let id = if entry.key().other {
-                    inner
-                        .others
-                        .get(&entry.bytes)
-                        .map_or_else(String::new, |s| s.to_string())
+                    // Kept for every `other` entry: inserted and removed with it.
+                    inner.others.get(&entry.bytes)?.to_string()
                 } else {
                     hex::encode(entry.bytes)
                 };
                 let expires = Duration::from_secs(entry.expires().into());
-                (id, expires.saturating_sub(elapsed))
+                Some((id, expires.saturating_sub(elapsed)))
             })
             .collect()
     }
