@@ -177,6 +177,10 @@ pub struct CoreMetrics {
     pub publish_seconds: Family<BackendLabels, Histogram>,
     /// 1 while dedupe has fallen back from Redis to process memory.
     pub dedupe_degraded: Gauge,
+    /// Ids the in-memory dedupe remembers as published.
+    pub dedupe_memory_keys: Gauge,
+    /// Ids the in-memory dedupe forgot before their TTL, to stay within its capacity.
+    pub dedupe_memory_evicted: Counter,
     /// 1 while the core can take events (gRPC health SERVING).
     pub ready: Gauge,
     /// Time of one `SendMessageBatch` call (each attempt, outbox relay calls included), by
@@ -220,6 +224,8 @@ pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
         events: Family::default(),
         publish_seconds: Family::new_with_constructor(latency_histogram),
         dedupe_degraded: Gauge::default(),
+        dedupe_memory_keys: Gauge::default(),
+        dedupe_memory_evicted: Counter::default(),
         ready: Gauge::default(),
         sqs_call_seconds: Family::new_with_constructor(latency_histogram),
         sqs_batch_entries: Family::new_with_constructor(batch_entries_histogram),
@@ -252,6 +258,16 @@ pub static CORE: LazyLock<CoreMetrics> = LazyLock::new(|| {
         "ingest_dedupe_degraded",
         "1 while dedupe runs on process memory because Redis is unreachable",
         m.dedupe_degraded.clone(),
+    );
+    register(
+        "ingest_dedupe_memory_keys",
+        "Event ids the in-memory dedupe remembers as published (at most --dedupe-capacity)",
+        m.dedupe_memory_keys.clone(),
+    );
+    register(
+        "ingest_dedupe_memory_evicted",
+        "Event ids the in-memory dedupe forgot before --dedupe-ttl-secs because it was full: a carrier retry of one is published again",
+        m.dedupe_memory_evicted.clone(),
     );
     register(
         "ingest_core_ready",

@@ -84,6 +84,10 @@ async fn metrics_on_the_admin_listener_count_outcomes() {
         r#"ingest_core_call_duration_seconds_count{call="submit",outcome="error"} 1"#,
         r#"ingest_core_call_duration_seconds_count{call="quarantine",outcome="ok"} 1"#,
         "ingest_core_ready 1",
+        // The embedded core's in-memory dedupe remembers the event and the quarantine record
+        // (kept once however often the call comes), and has forgotten none.
+        "ingest_dedupe_memory_keys 2",
+        "ingest_dedupe_memory_evicted_total 0",
     ] {
         assert!(text.contains(line), "missing {line} in:\n{text}");
     }

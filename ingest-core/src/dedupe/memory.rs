@@ -12,6 +12,7 @@ use std::{
 
 use async_trait::async_trait;
 use hashbrown::HashTable;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use sha2::{Digest, Sha256};
 use tokio::{sync::Notify, time::Instant};
 
@@ -37,6 +38,10 @@ pub struct MemoryDedupe {
     base: Instant,
     /// Keyed per process, so the ids that land in one bucket cannot be chosen from outside.
     hasher: RandomState,
+    /// `ingest_dedupe_memory_keys`: the committed ids held.
+    keys: Gauge,
+    /// `ingest_dedupe_memory_evicted`: committed ids forgotten before their TTL.
+    evicted: Counter,
 }
 
 /// A remembered id as 16 bytes: those of an event id (32 lowercase hex digits, as the core
@@ -137,6 +142,25 @@ impl MemoryDedupe {
             next_token: AtomicU64::new(1),
             base: Instant::now(),
             hasher: RandomState::new(),
+            keys: crate::metrics::CORE.dedupe_memory_keys.clone(),
+            evicted: crate::metrics::CORE.dedupe_memory_evicted.clone(),
+        }
+    }
+
+    /// The same store counting into its own metrics instead of the process's (for tests).
+    #[cfg(test)]
+    fn with_own_metrics(self) -> Self {
+        Self {
+            keys: Gauge::default(),
+            evicted: Counter::default(),
+            ..self
+        }
+    }
+
+    /// Drops the committed ids whose TTL has passed.
+    fn purge_expired(&self, inner: &mut Inner, now: Instant) {
+        if inner.purge_expired(&self.hasher, self.secs(now, false)) {
+            self.keys.set(inner.ring.len() as i64);
         }
     }
 
@@ -152,7 +176,7 @@ impl MemoryDedupe {
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.base);
         let mut inner = self.lock();
-        inner.purge_expired(&self.hasher, self.secs(now, false));
+        self.purge_expired(&mut inner, now);
         inner
             .ring
             .iter()
@@ -209,8 +233,10 @@ impl MemoryDedupe {
                 // The oldest go first: one more than the capacity would grow the ring and index.
                 while inner.ring.len() >= self.capacity {
                     inner.pop_oldest(&self.hasher);
+                    self.evicted.inc();
                 }
                 inner.insert(&self.hasher, key, id, expires);
+                self.keys.set(inner.ring.len() as i64);
             }
         }
         drop(inner);
@@ -268,7 +294,9 @@ impl Inner {
         }
     }
 
-    fn purge_expired(&mut self, hasher: &RandomState, now_secs: u32) {
+    /// Drops the committed ids expired by `now_secs`; whether there were any.
+    fn purge_expired(&mut self, hasher: &RandomState, now_secs: u32) -> bool {
+        let held = self.ring.len();
         while self
             .ring
             .front()
@@ -276,6 +304,7 @@ impl Inner {
         {
             self.pop_oldest(hasher);
         }
+        self.ring.len() != held
     }
 }
 
@@ -287,7 +316,7 @@ impl DedupeStore for MemoryDedupe {
             let now = Instant::now();
             let (settled, lease_until) = {
                 let mut inner = self.lock();
-                inner.purge_expired(&self.hasher, self.secs(now, false));
+                self.purge_expired(&mut inner, now);
                 if inner.contains(&self.hasher, &key) {
                     return Ok(Claim::Duplicate);
                 }
@@ -446,18 +475,22 @@ mod tests {
 
     #[tokio::test]
     async fn capacity_evicts_oldest_committed() {
-        let s = MemoryDedupe::new(Duration::from_secs(60), 2, Duration::from_secs(5));
+        let s = MemoryDedupe::new(Duration::from_secs(60), 2, Duration::from_secs(5))
+            .with_own_metrics();
         for k in ["a", "b", "c"] {
             let t = acquire(&s, k).await;
             s.commit(k, &t).await.unwrap();
         }
         assert_eq!(s.len(), 2);
+        // "a" was forgotten before its TTL: what operators are told.
+        assert_eq!((s.keys.get(), s.evicted.get()), (2, 1));
         assert_eq!(s.claim("c").await.unwrap(), Claim::Duplicate);
         assert!(matches!(s.claim("a").await.unwrap(), Claim::Acquired(_)));
     }
     #[tokio::test]
     async fn eviction_keeps_exactly_the_newest_across_the_sequence_wrap() {
-        let s = MemoryDedupe::new(Duration::from_secs(60), 3, Duration::from_secs(5));
+        let s = MemoryDedupe::new(Duration::from_secs(60), 3, Duration::from_secs(5))
+            .with_own_metrics();
         // Sequence numbers are 32 bits and wrap: start just before the wrap.
         s.lock().head = u32::MAX - 5;
         let (ring_room, index_room) = {
@@ -478,6 +511,7 @@ mod tests {
             s.commit(id, &t).await.unwrap();
         }
         assert_eq!(s.len(), 3);
+        assert_eq!((s.keys.get(), s.evicted.get()), (3, 17));
         {
             let inner = s.lock();
             assert_eq!(inner.index.len(), 3);
@@ -504,14 +538,18 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_id_is_remembered_for_at_least_the_ttl_and_at_most_a_second_more() {
-        let s = MemoryDedupe::new(Duration::from_secs(2), 100, Duration::from_secs(5));
+        let s = MemoryDedupe::new(Duration::from_secs(2), 100, Duration::from_secs(5))
+            .with_own_metrics();
         tokio::time::advance(Duration::from_millis(500)).await;
         let t = acquire(&s, "k").await;
         s.commit("k", &t).await.unwrap();
+        assert_eq!(s.keys.get(), 1);
         // Committed at 0.5 s: remembered until 3 s, the expiry (2.5 s) rounded up.
         tokio::time::advance(Duration::from_millis(2_499)).await;
         assert_eq!(s.claim("k").await.unwrap(), Claim::Duplicate);
         tokio::time::advance(Duration::from_millis(1)).await;
         acquire(&s, "k").await;
+        // Expired, not evicted.
+        assert_eq!((s.keys.get(), s.evicted.get()), (0, 0));
     }
 }
