@@ -115,9 +115,9 @@ struct Pending {
     settled: Arc<Notify>,
 }
 
-/// Entries reserved up front at most (24 bytes each in the ring and the index, address space
-/// resident once written, but for the index's 1-byte control words); a larger capacity grows
-/// them as they fill.
+/// Entries reserved up front at most (about 30 bytes each: 20 in the ring, and the index's 4-byte
+/// slots and 1-byte control words, fewer than two of each per entry), as address space that is
+/// resident once written, but for the control words; a larger capacity grows them as they fill.
 const RESERVE: usize = 1 << 24;
 
 impl MemoryDedupe {
@@ -159,16 +159,10 @@ impl MemoryDedupe {
 
     /// Drops the committed ids whose TTL has passed.
     fn purge_expired(&self, inner: &mut Inner, now: Instant) {
-        if inner.purge_expired(&self.hasher, self.secs(now, false)) {
+        let now = now.saturating_duration_since(self.base);
+        if inner.purge_expired(&self.hasher, secs(now, false)) {
             self.keys.set(inner.ring.len() as i64);
         }
-    }
-
-    /// Whole seconds from `base` to `at`, rounded up or down.
-    fn secs(&self, at: Instant, round_up: bool) -> u32 {
-        let since = at.saturating_duration_since(self.base);
-        let secs = since.as_secs() + u64::from(round_up && since.subsec_nanos() > 0);
-        u32::try_from(secs).unwrap_or(u32::MAX).min(OTHER - 1)
     }
 
     /// Every committed id with the time it has left, for handing over to another store.
@@ -228,7 +222,9 @@ impl MemoryDedupe {
             None => return,
         };
         if commit {
-            let expires = self.secs(Instant::now() + self.ttl, true);
+            // Saturating: a TTL of any size is "as long as this process runs".
+            let since = Instant::now().saturating_duration_since(self.base);
+            let expires = secs(since.saturating_add(self.ttl), true);
             if !inner.contains(&self.hasher, &key) {
                 // The oldest go first: one more than the capacity would grow the ring and index.
                 while inner.ring.len() >= self.capacity {
@@ -242,6 +238,14 @@ impl MemoryDedupe {
         drop(inner);
         pending.settled.notify_waiters();
     }
+}
+
+/// A time since `base` in whole seconds, rounded up or down, at most [`OTHER`] - 1 (68 years).
+fn secs(since: Duration, round_up: bool) -> u32 {
+    let secs = since
+        .as_secs()
+        .saturating_add(u64::from(round_up && since.subsec_nanos() > 0));
+    u32::try_from(secs).unwrap_or(u32::MAX).min(OTHER - 1)
 }
 
 impl Inner {
@@ -551,5 +555,13 @@ mod tests {
         acquire(&s, "k").await;
         // Expired, not evicted.
         assert_eq!((s.keys.get(), s.evicted.get()), (0, 0));
+    }
+    #[tokio::test]
+    async fn a_ttl_beyond_any_clock_remembers_for_the_life_of_the_process() {
+        let s = MemoryDedupe::new(Duration::MAX, 100, Duration::from_secs(5));
+        let t = acquire(&s, "k").await;
+        s.commit("k", &t).await.unwrap();
+        assert_eq!(s.claim("k").await.unwrap(), Claim::Duplicate);
+        assert!(s.committed()[0].1 > Duration::from_secs(60 * 365 * 24 * 3600));
     }
 }
