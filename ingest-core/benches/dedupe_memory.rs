@@ -3,9 +3,9 @@
 //! `cargo bench -p ingest-core --bench dedupe_memory -- [KEYS=1000000] [CAPACITY=KEYS]`
 //!
 //! Claims and commits KEYS event ids (32 hex digits, as the core derives them) in a store of
-//! CAPACITY (KEYS or more: a store part full, as under the default 1M capacity), and reports the growth of the process's resident memory divided by KEYS
-//! (what the keys really cost, allocator overhead included; the system allocator, as this bench
-//! does not install mimalloc). Then checks that every one is a duplicate, and for a full store
+//! CAPACITY (KEYS or more: a store part full, as under the default 1M capacity), and reports the
+//! growth of the process's resident memory divided by KEYS (what the keys really cost, allocator
+//! overhead included; the system allocator, as this bench does not install mimalloc). Then checks that every one is a duplicate, and for a full store
 //! that one more key evicts exactly the oldest.
 
 use std::time::{Duration, Instant};

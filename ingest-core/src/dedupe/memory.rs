@@ -248,16 +248,16 @@ fn secs(since: Duration, round_up: bool) -> u32 {
     u32::try_from(secs).unwrap_or(u32::MAX).min(OTHER - 1)
 }
 
-impl Inner {
-    /// The place in `ring` of the entry numbered `seq`.
-    fn position(&self, seq: u32) -> usize {
-        seq.wrapping_sub(self.head) as usize
-    }
+/// The place in the ring of the entry numbered `seq`, when `ring[0]` is numbered `head`.
+fn position(head: u32, seq: u32) -> usize {
+    seq.wrapping_sub(head) as usize
+}
 
+impl Inner {
     fn contains(&self, hasher: &RandomState, key: &Key) -> bool {
         self.index
             .find(hasher.hash_one(key), |&seq| {
-                self.ring[self.position(seq)].key() == *key
+                self.ring[position(self.head, seq)].key() == *key
             })
             .is_some()
     }
@@ -278,7 +278,7 @@ impl Inner {
             ring, head, index, ..
         } = self;
         index.insert_unique(hasher.hash_one(key), seq, |&s| {
-            hasher.hash_one(ring[s.wrapping_sub(*head) as usize].key())
+            hasher.hash_one(ring[position(*head, s)].key())
         });
     }
 
@@ -491,6 +491,7 @@ mod tests {
         assert_eq!(s.claim("c").await.unwrap(), Claim::Duplicate);
         assert!(matches!(s.claim("a").await.unwrap(), Claim::Acquired(_)));
     }
+
     #[tokio::test]
     async fn eviction_keeps_exactly_the_newest_across_the_sequence_wrap() {
         let s = MemoryDedupe::new(Duration::from_secs(60), 3, Duration::from_secs(5))
