@@ -22,3 +22,17 @@ if not acked <= len(ids) <= acked + in_flight:
     sys.exit(f"FAIL: {acked} acknowledged but {len(ids)} spooled")
 PY
 }
+# The whole path under test: http-edge with the core embedded, Bandwidth Basic auth on
+# (bench:bench, as bandwidth.lua sends), the per-client rate limit on but far above wrk's rate
+# (wrk is one client), default log level; its spool in DIR/data, its log in DIR/edge.log.
+# start_edge DIR sets http, grpc, admin (ports) and edge_pid, and returns once it is ready.
+# EDGE_BIN=path runs another build.
+start_edge() {
+    http=$(port); grpc=$(port); admin=$(port)
+    "${EDGE_BIN:-target/release/http-edge}" --embedded-core --bandwidth-basic-auth bench:bench \
+        --rate-limit-per-sec 10000000 --rate-limit-burst 10000000 \
+        --listen 127.0.0.1:$http --grpc-listen 127.0.0.1:$grpc --admin-listen 127.0.0.1:$admin \
+        --data-dir "$1/data" 2>"$1/edge.log" &
+    edge_pid=$!
+    wait_ready "http://127.0.0.1:$http/readyz"
+}

@@ -25,20 +25,15 @@ script=http-edge/benches/bandwidth.lua
 source http-edge/benches/common.sh
 work=$(mktemp -d)
 pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+edge_pid=
+trap 'for p in "${pids[@]}" $edge_pid; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
 # The bare handler and the whole path, both started once.
 bare=$(port)
 target/release/examples/bare_axum "127.0.0.1:$bare" & pids+=($!)
 bare_pid=$!
 for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$bare/" && break; sleep 0.05; done
-http=$(port); grpc=$(port); admin=$(port)
-"${EDGE_BIN:-target/release/http-edge}" --embedded-core --bandwidth-basic-auth bench:bench \
-    --rate-limit-per-sec 10000000 --rate-limit-burst 10000000 \
-    --listen 127.0.0.1:$http --grpc-listen 127.0.0.1:$grpc --admin-listen 127.0.0.1:$admin \
-    --data-dir "$work/data" 2>"$work/edge.log" & pids+=($!)
-edge_pid=$!
-wait_ready "http://127.0.0.1:$http/readyz"
+start_edge "$work"
 
 # One wrk run named NAME against URL (paced when WRK_RATE is set), its output in NAME.txt, and
 # the edge's and the host's CPU time around it in NAME.cpu and NAME.host. The name is also the

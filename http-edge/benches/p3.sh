@@ -19,15 +19,10 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 script=http-edge/benches/bandwidth.lua
 source http-edge/benches/common.sh
 work=$(mktemp -d)
-trap 'kill $edge_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+edge_pid=
+trap '[ -z "$edge_pid" ] || kill $edge_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 
-http=$(port); grpc=$(port); admin=$(port)
-"${EDGE_BIN:-target/release/http-edge}" --embedded-core --bandwidth-basic-auth bench:bench \
-    --rate-limit-per-sec 10000000 --rate-limit-burst 10000000 \
-    --listen 127.0.0.1:$http --grpc-listen 127.0.0.1:$grpc --admin-listen 127.0.0.1:$admin \
-    --data-dir "$work/data" 2>"$work/edge.log" &
-edge_pid=$!
-wait_ready "http://127.0.0.1:$http/readyz"
+start_edge "$work"
 mib() { awk "/^$1:/ {print int(\$2 / 1024)}" "/proc/$edge_pid/status"; }
 echo "edge started: RSS $(mib VmRSS) MiB"
 
