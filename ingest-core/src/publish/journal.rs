@@ -117,20 +117,26 @@ pub(crate) fn open_repaired(path: &Path) -> io::Result<(File, u64)> {
         .read(true)
         .append(true)
         .open(path)?;
+    let keep = cut_partial_line(&mut file, path)?;
+    if created {
+        sync_parent(path)?;
+    }
+    Ok((file, keep))
+}
+
+/// Cuts off a partial last line of `file` (at `path`, for the log) and returns the length kept.
+pub(crate) fn cut_partial_line(file: &mut File, path: &Path) -> io::Result<u64> {
     let len = file.metadata()?.len();
     let mut keep = len;
     if len > 0 {
-        keep = end_of_last_line(&mut file, len)?;
+        keep = end_of_last_line(file, len)?;
         if keep != len {
             tracing::warn!(path = %path.display(), cut = len - keep, "removing a partial last line");
             file.set_len(keep)?;
             file.sync_all()?;
         }
     }
-    if created {
-        sync_parent(path)?;
-    }
-    Ok((file, keep))
+    Ok(keep)
 }
 
 /// Makes the creation, removal or renaming of `path` durable.

@@ -6,6 +6,7 @@ mod journal;
 pub mod outbox;
 mod spool;
 mod sqs;
+mod wal;
 
 pub use breaker::Breaker;
 pub use forward::{ForwardSettings, StoreAndForward};

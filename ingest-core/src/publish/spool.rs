@@ -1,24 +1,17 @@
 //! The embedded default publisher: a durable local spool, one JSON Lines file per queue.
 //!
 //! Each queue has a group-commit writer thread (`journal.rs`): every line that is waiting is
-//! appended in one write and fsynced once before all of them are answered.
+//! appended in one write and made durable once, through the file's write-ahead log (`wal.rs`),
+//! before all of them are answered.
 
-use std::{
-    collections::HashMap,
-    fs::File,
-    io::{self, Write},
-    path::PathBuf,
-    sync::Mutex,
-};
+use std::{collections::HashMap, io, path::PathBuf, sync::Mutex};
 
 use async_trait::async_trait;
 
-use super::{
-    OutboundEvent, PublishError, Publisher,
-    journal::{GroupWriter, Journal, open_repaired},
-};
+use super::{OutboundEvent, PublishError, Publisher, journal::GroupWriter, wal::WalJournal};
 
-/// Appends events to `<dir>/<queue>.jsonl`, fsynced before each acknowledgement.
+/// Appends events to `<dir>/<queue>.jsonl`, durable before each acknowledgement (its
+/// write-ahead log is `<dir>/<queue>.wal`).
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
@@ -51,8 +44,13 @@ impl Spool {
         {
             return Ok(w.clone());
         }
-        let (file, _) = open_repaired(&self.path_for(queue))?;
-        let writer = GroupWriter::spawn(format!("spool-{stem}"), FileJournal(file))?;
+        let name = format!("spool-{stem}");
+        let journal = WalJournal::open(
+            &name,
+            &self.path_for(queue),
+            &self.dir.join(format!("{stem}.wal")),
+        )?;
+        let writer = GroupWriter::spawn(name, journal)?;
         writers.insert(stem, writer.clone());
         Ok(writer)
     }
@@ -108,46 +106,6 @@ fn line_for(event: &OutboundEvent) -> Vec<u8> {
     }
     line.push(b'\n');
     line
-}
-
-/// The file operations the spool needs; a trait so tests can make them fail or stall.
-trait SpoolFile: Write + Send + 'static {
-    /// Current length in bytes.
-    fn len(&self) -> io::Result<u64>;
-    /// Makes written bytes durable.
-    fn sync(&mut self) -> io::Result<()>;
-    /// Cuts the file back to `len` bytes.
-    fn truncate(&mut self, len: u64) -> io::Result<()>;
-}
-
-impl SpoolFile for File {
-    fn len(&self) -> io::Result<u64> {
-        Ok(self.metadata()?.len())
-    }
-
-    fn sync(&mut self) -> io::Result<()> {
-        self.sync_data()
-    }
-
-    fn truncate(&mut self, len: u64) -> io::Result<()> {
-        self.set_len(len)
-    }
-}
-
-/// One spool file as a journal: append, fsync, and on failure cut back what was written.
-struct FileJournal<F>(F);
-
-impl<F: SpoolFile> Journal for FileJournal<F> {
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let file = &mut self.0;
-        let before = file.len()?;
-        let result = file.write_all(bytes).and_then(|()| file.sync());
-        if result.is_err() {
-            // Leave no partial line behind for the next group to append to.
-            let _ = file.truncate(before);
-        }
-        result
-    }
 }
 
 #[async_trait]
@@ -248,42 +206,6 @@ mod tests {
         spool.publish("status", &event("x"), None).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "{\"a\":1}\n{\"eventId\":\"x\"}\n");
-    }
-
-    /// An in-memory file whose sync fails.
-    struct FailingFile(Vec<u8>);
-
-    impl Write for FailingFile {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl SpoolFile for FailingFile {
-        fn len(&self) -> io::Result<u64> {
-            Ok(self.0.len() as u64)
-        }
-
-        fn sync(&mut self) -> io::Result<()> {
-            Err(io::Error::other("disk gone"))
-        }
-
-        fn truncate(&mut self, len: u64) -> io::Result<()> {
-            self.0.truncate(len as usize);
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn a_failed_sync_is_an_error_with_nothing_kept() {
-        let mut journal = FileJournal(FailingFile(b"one\n".to_vec()));
-        assert!(journal.append(b"two\n").is_err());
-        assert_eq!(journal.0.0, b"one\n", "the unsynced line is cut off");
     }
 
     #[tokio::test]
