@@ -156,6 +156,8 @@ pub(crate) struct WalJournal {
     syncer: Syncer,
     /// An error happened: the next append first makes the `.jsonl` durable and empties the WAL.
     broken: bool,
+    /// The `.jsonl`'s length before the group that failed: what `reset` cuts it back to.
+    good_len: u64,
     record: Vec<u8>,
 }
 
@@ -178,22 +180,24 @@ impl WalJournal {
             sync_parent(jsonl)?;
         }
         let file_id = identity(&file.metadata()?);
-        let mut epoch = 0;
-        match std::fs::read(wal_path) {
-            Ok(bytes) if bytes.len() as u64 == 2 * half => {
-                let (a, b) = bytes.split_at(half as usize);
-                let mut records = scan(a, file_id);
-                records.extend(scan(b, file_id));
-                records.sort_by_key(|r| r.epoch);
-                epoch = records.last().map_or(0, |r| r.epoch);
-                restore(&file, jsonl, &records)?;
-            }
+        let records = match std::fs::read(wal_path) {
+            // Another size than this build's is still read (halves of another build), then
+            // made again.
+            Ok(bytes) if bytes.len() % 2 == 0 => records_in(&bytes, file_id),
             Ok(_) => {
-                tracing::warn!(path = %wal_path.display(), "the spool's write-ahead log has the wrong size; making a new one");
+                tracing::warn!(path = %wal_path.display(), "the spool's write-ahead log has an odd size; making a new one");
+                Vec::new()
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
-        }
+        };
+        let epoch = records.last().map_or(0, |r| r.epoch);
+        let restored_end = restore(&file, jsonl, &records)?;
+        cut_at_nul(
+            &file,
+            jsonl,
+            restored_end.max(file.metadata()?.len().saturating_sub(2 * half)),
+        )?;
         file.sync_data()?;
         cut_partial_line(&mut file, jsonl)?;
         let wal = open_wal(wal_path, half)?;
@@ -209,18 +213,23 @@ impl WalJournal {
             file_id,
             syncer,
             broken: false,
+            good_len: 0,
             record: Vec::new(),
         };
         journal.empty_wal()?;
         Ok(journal)
     }
 
-    /// Marks both halves empty and starts a new epoch in the first: callers have made the
-    /// `.jsonl` durable.
+    /// Zeroes both halves (no record of an earlier run may be left for a later chain to run
+    /// into) and starts a new epoch in the first: callers have made the `.jsonl` durable.
     fn empty_wal(&mut self) -> io::Result<()> {
-        let zeros = [0u8; HEADER];
-        self.wal.write_all_at(&zeros, 0)?;
-        self.wal.write_all_at(&zeros, self.half)?;
+        let zeros = vec![0u8; self.half.min(1 << 20) as usize];
+        let mut at = 0;
+        while at < 2 * self.half {
+            let n = zeros.len().min((2 * self.half - at) as usize);
+            self.wal.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
         self.wal.sync_data()?;
         self.current = 0;
         self.pos = 0;
@@ -228,10 +237,22 @@ impl WalJournal {
         Ok(())
     }
 
-    /// After an error: the `.jsonl` durable as it is, the WAL empty.
+    /// After an error: the `.jsonl` cut back to before the failed group, every line the WAL
+    /// holds written into it again and fsynced, then the WAL emptied. The lines are written
+    /// again because a failed fsync (here or on the sync thread, which shares the open file)
+    /// reports its error once: a later fsync that succeeds says nothing about pages whose
+    /// writeback failed, which the kernel may then hold as clean. Until this succeeds the WAL
+    /// keeps its records.
     fn reset(&mut self) -> io::Result<()> {
-        // Whatever the pending sync's result, the one below covers the same lines.
         let _ = self.syncer.wait();
+        self.jsonl.set_len(self.good_len)?;
+        let mut bytes = vec![0u8; (2 * self.half) as usize];
+        self.wal.read_exact_at(&mut bytes, 0)?;
+        restore(
+            &self.jsonl,
+            &self.wal_path,
+            &records_in(&bytes, self.file_id),
+        )?;
         self.jsonl.sync_data()?;
         self.empty_wal()?;
         self.broken = false;
@@ -280,8 +301,15 @@ impl Journal for WalJournal {
         if let Err(error) = &result {
             tracing::warn!(path = %self.wal_path.display(), %error, "spool write failed; the next one first makes the spool durable");
             self.broken = true;
-            // Leave no partial line behind for the next group to append to.
+            self.good_len = offset;
+            // Leave no partial line behind for the next group to append to (`reset` cuts again
+            // if this fails), and no record of the failed group that a start after a crash
+            // would write back (best effort: `reset` empties the WAL).
             let _ = self.jsonl.set_len(offset);
+            let at = self.current * self.half + self.pos;
+            if self.wal.write_all_at(&[0; HEADER], at).is_ok() {
+                let _ = self.wal.sync_data();
+            }
         }
         result
     }
@@ -291,9 +319,9 @@ impl Drop for WalJournal {
     /// A journal closed in the process (its writer thread finished) leaves the WAL empty, so a
     /// `.jsonl` cut afterwards gets nothing back at the next open. Best effort: the writer
     /// thread is not joined at process exit, and after a failure or an exit midway the records
-    /// stay, which the next open writes again only where the `.jsonl` does not hold them.
+    /// stay, and the next open writes them again.
     fn drop(&mut self) {
-        if self.syncer.wait().is_ok() && self.jsonl.sync_data().is_ok() {
+        if !self.broken && self.syncer.wait().is_ok() && self.jsonl.sync_data().is_ok() {
             let _ = self.empty_wal();
         }
     }
@@ -311,11 +339,22 @@ fn identity(meta: &std::fs::Metadata) -> u64 {
     meta.ino() ^ born.rotate_left(32)
 }
 
-/// Writes each record's payload at its offset in `file` where the file does not hold it already
-/// (a tail lost in a crash of the machine).
-fn restore(file: &File, path: &Path, records: &[Record]) -> io::Result<()> {
+/// The valid records of a WAL's two halves, `bytes`, for the file `file_id`, oldest first.
+fn records_in(bytes: &[u8], file_id: u64) -> Vec<Record> {
+    let (a, b) = bytes.split_at(bytes.len() / 2);
+    let mut records = scan(a, file_id);
+    records.extend(scan(b, file_id));
+    records.sort_by_key(|r| r.epoch);
+    records
+}
+
+/// Writes each record's payload at its offset in `file` (a tail lost in a crash of the machine
+/// comes back; where the file holds the same bytes, writing them again makes the next fsync
+/// write them to the disk, whatever an earlier failed one left). Returns the end of the last
+/// record written (0 if none).
+fn restore(file: &File, path: &Path, records: &[Record]) -> io::Result<u64> {
     let mut len = file.metadata()?.len();
-    let (mut restored, mut skipped) = (0u64, 0u64);
+    let (mut restored, mut skipped, mut last_end) = (0u64, 0u64, 0u64);
     let mut held = Vec::new();
     for r in records {
         if r.offset > len {
@@ -327,13 +366,35 @@ fn restore(file: &File, path: &Path, records: &[Record]) -> io::Result<()> {
         held.resize((end.min(len) - r.offset) as usize, 0);
         file.read_exact_at(&mut held, r.offset)?;
         if held != r.payload {
-            file.write_all_at(&r.payload, r.offset)?;
             restored += r.payload.len() as u64;
         }
+        file.write_all_at(&r.payload, r.offset)?;
         len = len.max(end);
+        last_end = end;
     }
     if restored > 0 || skipped > 0 {
         tracing::warn!(path = %path.display(), restored_bytes = restored, skipped_records = skipped, "spool restored from its write-ahead log");
+    }
+    Ok(last_end)
+}
+
+/// Cuts `file` at the first NUL byte at or after `from`. A crash of the machine can leave zeros
+/// in place of part of a group that was written but never acknowledged (its WAL record was not
+/// durable), followed by the rest of it; JSON text has no NUL, and everything acknowledged
+/// after the last WAL record was fsynced in the `.jsonl` itself, so none of it holds one.
+/// `cut_partial_line` then removes what is left of that line.
+fn cut_at_nul(file: &File, path: &Path, from: u64) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = from;
+    while at < len {
+        let n = buf.len().min((len - at) as usize);
+        file.read_exact_at(&mut buf[..n], at)?;
+        if let Some(i) = buf[..n].iter().position(|&b| b == 0) {
+            tracing::warn!(path = %path.display(), cut = len - at - i as u64, "removing the unacknowledged end of the spool, zeroed by a crash");
+            return file.set_len(at + i as u64);
+        }
+        at += n as u64;
     }
     Ok(())
 }
@@ -494,6 +555,64 @@ mod tests {
     }
 
     #[test]
+    fn no_record_of_an_earlier_run_extends_a_later_chain() {
+        let f = files();
+        let mut j = open(&f);
+        for i in 0..20 {
+            j.append(&line(i)).unwrap();
+        }
+        drop(j);
+        // Emptied in place while stopped (the README says not to, after a kill), then a run
+        // with fewer groups of the same sizes, killed.
+        std::fs::write(&f.jsonl, b"").unwrap();
+        let mut j = open(&f);
+        for i in 0..5 {
+            j.append(&line(i)).unwrap();
+        }
+        std::mem::forget(j);
+        drop(open(&f));
+        let expected: Vec<u8> = (0..5).flat_map(line).collect();
+        assert_eq!(std::fs::read(&f.jsonl).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_wal_of_another_builds_size_is_still_restored() {
+        let f = files();
+        let mut j = WalJournal::open_with_half("t", &f.jsonl, &f.wal, 2 * SMALL).unwrap();
+        j.append(&line(1)).unwrap();
+        j.append(&line(2)).unwrap();
+        std::mem::forget(j);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f.jsonl)
+            .unwrap()
+            .set_len(3)
+            .unwrap();
+        drop(open(&f));
+        assert_eq!(
+            std::fs::read(&f.jsonl).unwrap(),
+            [line(1), line(2)].concat()
+        );
+        assert_eq!(std::fs::metadata(&f.wal).unwrap().len(), 2 * SMALL);
+    }
+
+    #[test]
+    fn an_unacknowledged_tail_zeroed_by_a_crash_is_cut() {
+        let f = files();
+        let mut j = open(&f);
+        j.append(&line(1)).unwrap();
+        std::mem::forget(j);
+        // A group written to the `.jsonl` but never acknowledged: after the crash its first
+        // page is zeros and the rest, ending in a newline, made it to the disk.
+        let mut text = std::fs::read(&f.jsonl).unwrap();
+        text.extend_from_slice(&[0; 100]);
+        text.extend_from_slice(b"half\"}\n{\"eventId\":\"x\"}\n");
+        std::fs::write(&f.jsonl, text).unwrap();
+        drop(open(&f));
+        assert_eq!(std::fs::read(&f.jsonl).unwrap(), line(1));
+    }
+
+    #[test]
     fn a_replaced_jsonl_gets_nothing_from_the_old_ones_wal() {
         let f = files();
         let mut j = open(&f);
@@ -553,6 +672,15 @@ mod tests {
             "the failed group's line is cut from the jsonl"
         );
         j.wal = wal;
+        // A failed fsync reports its error once; pages whose writeback failed may then be held
+        // as clean. The reset writes every line the WAL holds again before its fsync: here the
+        // first line's bytes, changed behind the journal's back, come back.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f.jsonl)
+            .unwrap()
+            .write_all_at(b"XXXX", 0)
+            .unwrap();
         j.append(&line(3)).unwrap();
         assert!(!j.broken);
         drop(j);
