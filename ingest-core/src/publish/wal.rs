@@ -7,28 +7,28 @@
 //! group of lines is appended to `<queue>.jsonl` without an fsync (readers see it at once, as
 //! before), and written with a checksum into `<queue>.wal`, a file of fixed size, zero-filled
 //! when created and used as two halves in turn. Only the WAL is fsynced before the group is
-//! answered. When a half is full, the writer goes on in the other half, and a background thread
+//! answered. When a half is full, the writer goes on in the other half, and a thread of its own
 //! fsyncs the `.jsonl`, which by then holds every line of the half just left. A half is written
 //! again only after the fsync that followed its last use has finished, so every acknowledged
 //! line is always either durable in the `.jsonl` or in a WAL record.
 //!
 //! At start-up every valid record of both halves is written again at its offset in the `.jsonl`
-//! (this changes nothing unless the machine crashed and lost some of the file's tail), the
-//! `.jsonl` is fsynced and its partial last line cut, and both halves are marked empty. After
-//! any error the writer does the same before it writes again: the `.jsonl` fsynced, the WAL
-//! marked empty.
+//! (a tail lost in a crash of the machine comes back), the `.jsonl` is cut at a crash's zeros
+//! after the last record and at its partial last line, fsynced, and the WAL zeroed. After any
+//! error the writer does the same before it writes again (`reset`).
 //!
 //! A record: magic, payload length, epoch (one per use of a half), the payload's offset in the
-//! `.jsonl`, the `.jsonl`'s inode number, a CRC-32 of all of these and the payload, then the
-//! payload. A half holds a chain of records from its start; the chain ends at the first record
-//! that is not valid, belongs to another epoch or another file.
+//! `.jsonl`, the `.jsonl`'s identity (`identity`), a CRC-32 of all of these and the payload,
+//! then the payload. A half holds a chain of records from its start; the chain ends at the
+//! first record that is not valid, belongs to another epoch or another file.
 
 use std::{
     fs::{File, OpenOptions},
-    io::{self, Write},
+    io,
     os::unix::fs::{FileExt, MetadataExt},
     path::{Path, PathBuf},
-    sync::mpsc,
+    sync::Arc,
+    thread::JoinHandle,
 };
 
 use super::journal::{Journal, cut_partial_line, sync_parent};
@@ -96,54 +96,13 @@ fn scan(half: &[u8], file_id: u64) -> Vec<Record> {
     records
 }
 
-/// The fsync of the `.jsonl` that frees a half, on its own thread.
-struct Syncer {
-    start: mpsc::Sender<()>,
-    done: mpsc::Receiver<io::Result<()>>,
-    /// A sync was started and its result not yet taken.
-    pending: bool,
-}
-
-impl Syncer {
-    fn spawn(name: String, file: File) -> io::Result<Self> {
-        let (start, requests) = mpsc::channel::<()>();
-        let (finished, done) = mpsc::channel();
-        std::thread::Builder::new().name(name).spawn(move || {
-            for () in requests {
-                if finished.send(file.sync_data()).is_err() {
-                    break;
-                }
-            }
-        })?;
-        Ok(Self {
-            start,
-            done,
-            pending: false,
-        })
-    }
-
-    /// Waits for the sync started last, if any; its error, or `Closed` if the thread is gone.
-    fn wait(&mut self) -> io::Result<()> {
-        if !std::mem::take(&mut self.pending) {
-            return Ok(());
-        }
-        self.done
-            .recv()
-            .unwrap_or_else(|_| Err(io::Error::other("the spool's sync thread stopped")))
-    }
-
-    fn start(&mut self) -> io::Result<()> {
-        self.start
-            .send(())
-            .map_err(|_| io::Error::other("the spool's sync thread stopped"))?;
-        self.pending = true;
-        Ok(())
-    }
-}
-
 /// A `.jsonl` spool file and its WAL, as the group writer's journal.
 pub(crate) struct WalJournal {
-    jsonl: File,
+    /// Shared with the thread of the fsync that frees a half.
+    jsonl: Arc<File>,
+    /// The `.jsonl`'s length as this journal wrote it (one writer per file): the next group's
+    /// offset, and what a failed group is cut back to.
+    len: u64,
     wal: File,
     wal_path: PathBuf,
     half: u64,
@@ -153,17 +112,18 @@ pub(crate) struct WalJournal {
     epoch: u64,
     /// The `.jsonl`'s identity (`identity`), in every record.
     file_id: u64,
-    syncer: Syncer,
+    /// The name of the fsync's thread.
+    sync_name: String,
+    /// The fsync of the `.jsonl` started at the last switch, if not yet waited for.
+    sync: Option<JoinHandle<io::Result<()>>>,
     /// An error happened: the next append first makes the `.jsonl` durable and empties the WAL.
     broken: bool,
-    /// The `.jsonl`'s length before the group that failed: what `reset` cuts it back to.
-    good_len: u64,
     record: Vec<u8>,
 }
 
 impl WalJournal {
     /// Opens `jsonl` and its WAL `wal` (created if missing), restoring into the `.jsonl` what the
-    /// WAL holds and the `.jsonl` lost; `name` names the sync thread.
+    /// WAL holds and the `.jsonl` lost; `name` names the fsync's thread.
     pub(crate) fn open(name: &str, jsonl: &Path, wal: &Path) -> io::Result<Self> {
         Self::open_with_half(name, jsonl, wal, HALF)
     }
@@ -199,21 +159,20 @@ impl WalJournal {
             restored_end.max(file.metadata()?.len().saturating_sub(2 * half)),
         )?;
         file.sync_data()?;
-        cut_partial_line(&mut file, jsonl)?;
-        let wal = open_wal(wal_path, half)?;
-        let syncer = Syncer::spawn(format!("{name}-sync"), file.try_clone()?)?;
+        let len = cut_partial_line(&mut file, jsonl)?;
         let mut journal = Self {
-            jsonl: file,
-            wal,
+            jsonl: Arc::new(file),
+            len,
+            wal: open_wal(wal_path, half)?,
             wal_path: wal_path.to_owned(),
             half,
             current: 0,
             pos: 0,
             epoch,
             file_id,
-            syncer,
+            sync_name: format!("{name}-sync"),
+            sync: None,
             broken: false,
-            good_len: 0,
             record: Vec::new(),
         };
         journal.empty_wal()?;
@@ -244,8 +203,8 @@ impl WalJournal {
     /// writeback failed, which the kernel may then hold as clean. Until this succeeds the WAL
     /// keeps its records.
     fn reset(&mut self) -> io::Result<()> {
-        let _ = self.syncer.wait();
-        self.jsonl.set_len(self.good_len)?;
+        let _ = self.wait_sync();
+        self.jsonl.set_len(self.len)?;
         let mut bytes = vec![0u8; (2 * self.half) as usize];
         self.wal.read_exact_at(&mut bytes, 0)?;
         restore(
@@ -262,12 +221,27 @@ impl WalJournal {
     /// Goes on in the other half, once the sync that freed it has finished, and starts the sync
     /// that frees the half being left (all its lines are in the `.jsonl` already).
     fn switch(&mut self) -> io::Result<()> {
-        self.syncer.wait()?;
-        self.syncer.start()?;
+        self.wait_sync()?;
+        let file = Arc::clone(&self.jsonl);
+        self.sync = Some(
+            std::thread::Builder::new()
+                .name(self.sync_name.clone())
+                .spawn(move || file.sync_data())?,
+        );
         self.current ^= 1;
         self.pos = 0;
         self.epoch += 1;
         Ok(())
+    }
+
+    /// Waits for the fsync started at the last switch, if any, and returns its result.
+    fn wait_sync(&mut self) -> io::Result<()> {
+        match self.sync.take() {
+            Some(sync) => sync
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the spool's fsync thread panicked"))),
+            None => Ok(()),
+        }
     }
 
     fn write(&mut self, bytes: &[u8], offset: u64) -> io::Result<()> {
@@ -296,19 +270,20 @@ impl Journal for WalJournal {
         if self.broken {
             self.reset()?;
         }
-        let offset = self.jsonl.metadata()?.len();
-        let result = self.write(bytes, offset);
-        if let Err(error) = &result {
-            tracing::warn!(path = %self.wal_path.display(), %error, "spool write failed; the next one first makes the spool durable");
-            self.broken = true;
-            self.good_len = offset;
-            // Leave no partial line behind for the next group to append to (`reset` cuts again
-            // if this fails), and no record of the failed group that a start after a crash
-            // would write back (best effort: `reset` empties the WAL).
-            let _ = self.jsonl.set_len(offset);
-            let at = self.current * self.half + self.pos;
-            if self.wal.write_all_at(&[0; HEADER], at).is_ok() {
-                let _ = self.wal.sync_data();
+        let result = self.write(bytes, self.len);
+        match &result {
+            Ok(()) => self.len += bytes.len() as u64,
+            Err(error) => {
+                tracing::warn!(path = %self.wal_path.display(), %error, "spool write failed; the next one first makes the spool durable");
+                self.broken = true;
+                // Leave no partial line behind for the next group to append to (`reset` cuts
+                // again if this fails), and no record of the failed group that a start after a
+                // crash would write back (best effort: `reset` empties the WAL).
+                let _ = self.jsonl.set_len(self.len);
+                let at = self.current * self.half + self.pos;
+                if self.wal.write_all_at(&[0; HEADER], at).is_ok() {
+                    let _ = self.wal.sync_data();
+                }
             }
         }
         result
@@ -321,7 +296,7 @@ impl Drop for WalJournal {
     /// thread is not joined at process exit, and after a failure or an exit midway the records
     /// stay, and the next open writes them again.
     fn drop(&mut self) {
-        if !self.broken && self.syncer.wait().is_ok() && self.jsonl.sync_data().is_ok() {
+        if !self.broken && self.wait_sync().is_ok() && self.jsonl.sync_data().is_ok() {
             let _ = self.empty_wal();
         }
     }
@@ -399,29 +374,24 @@ fn cut_at_nul(file: &File, path: &Path, from: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// The WAL file, zero-filled to two halves when created (written, not just allocated: an fsync
+/// The WAL file, made two halves long. `empty_wal` then writes every byte of it and fsyncs:
+/// written blocks, not just allocated ones, so that each later fsync writes data alone (one
 /// after writing into allocated but unwritten blocks costs a metadata update again).
 fn open_wal(path: &Path, half: u64) -> io::Result<File> {
-    if let Ok(file) = OpenOptions::new().read(true).write(true).open(path)
-        && file.metadata()?.len() == 2 * half
-    {
-        return Ok(file);
+    let created = !path.exists();
+    let file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .open(path)?;
+    if file.metadata()?.len() != 2 * half {
+        file.set_len(2 * half)?;
     }
-    let tmp = path.with_extension("wal.tmp");
-    {
-        let mut file = File::create(&tmp)?;
-        let zeros = vec![0u8; 1 << 20];
-        let mut left = 2 * half;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            file.write_all(&zeros[..n])?;
-            left -= n as u64;
-        }
-        file.sync_all()?;
+    if created {
+        sync_parent(path)?;
     }
-    std::fs::rename(&tmp, path)?;
-    sync_parent(path)?;
-    OpenOptions::new().read(true).write(true).open(path)
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -492,7 +462,7 @@ mod tests {
                 expected.extend_from_slice(&l);
             }
             assert!(j.epoch > 3, "the halves were switched several times");
-            j.syncer.wait().unwrap();
+            j.wait_sync().unwrap();
             // Killed: no clean stop.
             std::mem::forget(j);
         }
