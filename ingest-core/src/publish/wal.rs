@@ -100,8 +100,9 @@ fn scan(half: &[u8], file_id: u64) -> Vec<Record> {
 pub(crate) struct WalJournal {
     /// Shared with the thread of the fsync that frees a half.
     jsonl: Arc<File>,
-    /// The `.jsonl`'s length as this journal wrote it (one writer per file): the next group's
-    /// offset, and what a failed group is cut back to.
+    /// The `.jsonl`'s length before the last group, taken from the file each time (lines
+    /// written into it by others, as tests and older versions' records do, are kept): the
+    /// group's offset, and what a failed group is cut back to.
     len: u64,
     wal: File,
     wal_path: PathBuf,
@@ -270,20 +271,18 @@ impl Journal for WalJournal {
         if self.broken {
             self.reset()?;
         }
+        self.len = self.jsonl.metadata()?.len();
         let result = self.write(bytes, self.len);
-        match &result {
-            Ok(()) => self.len += bytes.len() as u64,
-            Err(error) => {
-                tracing::warn!(path = %self.wal_path.display(), %error, "spool write failed; the next one first makes the spool durable");
-                self.broken = true;
-                // Leave no partial line behind for the next group to append to (`reset` cuts
-                // again if this fails), and no record of the failed group that a start after a
-                // crash would write back (best effort: `reset` empties the WAL).
-                let _ = self.jsonl.set_len(self.len);
-                let at = self.current * self.half + self.pos;
-                if self.wal.write_all_at(&[0; HEADER], at).is_ok() {
-                    let _ = self.wal.sync_data();
-                }
+        if let Err(error) = &result {
+            tracing::warn!(path = %self.wal_path.display(), %error, "spool write failed; the next one first makes the spool durable");
+            self.broken = true;
+            // Leave no partial line behind for the next group to append to (`reset` cuts
+            // again if this fails), and no record of the failed group that a start after a
+            // crash would write back (best effort: `reset` empties the WAL).
+            let _ = self.jsonl.set_len(self.len);
+            let at = self.current * self.half + self.pos;
+            if self.wal.write_all_at(&[0; HEADER], at).is_ok() {
+                let _ = self.wal.sync_data();
             }
         }
         result
