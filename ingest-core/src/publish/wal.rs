@@ -300,8 +300,13 @@ impl Drop for WalJournal {
     /// A journal closed in the process (its writer thread finished) leaves the WAL empty, so a
     /// `.jsonl` cut afterwards gets nothing back at the next open. Best effort: the writer
     /// thread is not joined at process exit, and after a failure or an exit midway the records
-    /// stay, and the next open writes them again.
+    /// stay, and the next open writes them again. Nor while the writer thread panics: the
+    /// spool then opens the file again on another thread, which may already be writing records
+    /// into the WAL that this drop would zero.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
         if !self.broken && self.wait_sync().is_ok() && self.jsonl.sync_data().is_ok() {
             let _ = self.empty_wal();
         }
@@ -528,6 +533,24 @@ mod tests {
         std::fs::write(&f.jsonl, b"").unwrap();
         drop(open(&f));
         assert_eq!(std::fs::read(&f.jsonl).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_journal_dropped_by_a_panic_leaves_the_wal_to_the_next_open() {
+        let f = files();
+        let mut j = open(&f);
+        j.append(&line(1)).unwrap();
+        // The writer thread panics; the spool's next open may already use the WAL.
+        let panicked = std::thread::spawn(move || {
+            let _journal = j;
+            panic!("writer thread");
+        })
+        .join();
+        assert!(panicked.is_err());
+        // Its records are still there for the next open: a tail lost since is restored.
+        std::fs::write(&f.jsonl, b"").unwrap();
+        drop(open(&f));
+        assert_eq!(std::fs::read(&f.jsonl).unwrap(), line(1));
     }
 
     #[test]
