@@ -106,6 +106,9 @@ pub(crate) struct WalJournal {
     /// group's offset, and what a failed group is cut back to.
     len: u64,
     wal: File,
+    /// The WAL opened again for the records' writes, where the file system takes
+    /// `O_DIRECT | O_DSYNC`; otherwise they go through `wal` and an fsync.
+    direct: Option<Direct>,
     wal_path: PathBuf,
     half: u64,
     /// The half being written (0 or 1), the next record's position in it, and its epoch.
@@ -166,6 +169,7 @@ impl WalJournal {
             jsonl: Arc::new(file),
             len,
             wal: open_wal(wal_path, half)?,
+            direct: Direct::open(wal_path, half),
             wal_path: wal_path.to_owned(),
             half,
             current: 0,
@@ -259,11 +263,30 @@ impl WalJournal {
         }
         self.jsonl.write_all_at(bytes, offset)?;
         encode(&mut self.record, self.epoch, offset, self.file_id, bytes);
-        self.wal
-            .write_all_at(&self.record, self.current * self.half + self.pos)?;
-        self.wal.sync_data()?;
+        let base = self.current * self.half;
+        match self
+            .direct
+            .as_mut()
+            .map(|d| d.write(&self.record, base, self.pos))
+        {
+            Some(Ok(())) => {}
+            // A file system that took the flags at open but not these writes: through the
+            // page cache from now on.
+            Some(Err(e)) if e.kind() == io::ErrorKind::InvalidInput => {
+                tracing::warn!(path = %self.wal_path.display(), error = %e, "the spool's write-ahead log cannot be written with O_DIRECT here; writing it through the page cache");
+                self.direct = None;
+                self.write_buffered(base)?;
+            }
+            Some(Err(e)) => return Err(e),
+            None => self.write_buffered(base)?,
+        }
         self.pos += need;
         Ok(())
+    }
+
+    fn write_buffered(&mut self, base: u64) -> io::Result<()> {
+        self.wal.write_all_at(&self.record, base + self.pos)?;
+        self.wal.sync_data()
     }
 }
 
@@ -310,6 +333,90 @@ impl Drop for WalJournal {
         if !self.broken && self.wait_sync().is_ok() && self.jsonl.sync_data().is_ok() {
             let _ = self.empty_wal();
         }
+    }
+}
+
+/// Bytes of a block written with `O_DIRECT`: offsets, lengths and the buffer's address are
+/// multiples of it (4 KiB covers disks of 512-byte and 4 KiB sectors).
+const BLOCK: usize = 4096;
+
+/// The WAL's records written with `O_DIRECT | O_DSYNC`: each write is durable when it returns,
+/// with no trip through the page cache (on this machine's disk 80 against 92 µs and 33 against
+/// 42 µs of CPU per record in a Python loop of the same calls). Records stay packed as before:
+/// a write covers the whole blocks the record touches, starting with the part of the first block
+/// that earlier records filled, kept here, and padded with zeros, which the next record
+/// overwrites.
+struct Direct {
+    file: File,
+    /// The blocks of the last write, from a block-aligned address inside: grown to the largest
+    /// write so far (at most a half and a block), not reserved up front, as three journals
+    /// would hold 6 MiB for groups that are a few KiB.
+    buf: Vec<u8>,
+}
+
+impl Direct {
+    /// `None` where the file system refuses the flags (tmpfs, some network file systems) or
+    /// a half is not made of whole blocks.
+    fn open(path: &Path, half: u64) -> Option<Self> {
+        if !half.is_multiple_of(BLOCK as u64) {
+            return None;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            match OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+                .open(path)
+            {
+                Ok(file) => Some(Self {
+                    file,
+                    buf: Vec::new(),
+                }),
+                Err(error) => {
+                    tracing::info!(path = %path.display(), %error, "the spool's write-ahead log is written through the page cache: no O_DIRECT here");
+                    None
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = path;
+            None
+        }
+    }
+
+    /// Writes `record` at `pos` of the half that starts at `base`; the bytes before `pos` in
+    /// its first block are those the last call wrote there (a half starts at `pos` 0).
+    fn write(&mut self, record: &[u8], base: u64, pos: u64) -> io::Result<()> {
+        let head = pos as usize % BLOCK;
+        let end = head + record.len();
+        let total = end.div_ceil(BLOCK) * BLOCK;
+        if self.buf.len() < total + BLOCK {
+            // A new allocation has another alignment: carry the head over.
+            let mut grown = vec![0; (total + BLOCK).max(16 * BLOCK)];
+            let (from, to) = (
+                self.buf.as_ptr().align_offset(BLOCK),
+                grown.as_ptr().align_offset(BLOCK),
+            );
+            if head > 0 {
+                let kept = self.buf.get(from..from + head).ok_or_else(|| {
+                    io::Error::other("the spool's WAL block being written is not known")
+                })?;
+                grown[to..to + head].copy_from_slice(kept);
+            }
+            self.buf = grown;
+        }
+        let skip = self.buf.as_ptr().align_offset(BLOCK);
+        let block = &mut self.buf[skip..];
+        block[head..end].copy_from_slice(record);
+        block[end..total].fill(0);
+        self.file
+            .write_all_at(&block[..total], base + pos - head as u64)?;
+        // The next record starts in the last block written: keep what this one put there.
+        let tail = end % BLOCK;
+        block.copy_within(end - tail..end, 0);
+        Ok(())
     }
 }
 
@@ -463,10 +570,25 @@ mod tests {
 
     #[test]
     fn a_lost_tail_of_the_jsonl_is_restored_across_half_switches() {
+        a_lost_tail_is_restored(true);
+    }
+
+    #[test]
+    fn a_lost_tail_is_restored_where_the_wal_is_written_through_the_page_cache() {
+        a_lost_tail_is_restored(false);
+    }
+
+    fn a_lost_tail_is_restored(direct: bool) {
         let f = files();
         let mut expected = Vec::new();
         {
             let mut j = open(&f);
+            if direct {
+                // The temporary directory's file system takes O_DIRECT (CI's does).
+                assert!(j.direct.is_some(), "records written with O_DIRECT");
+            } else {
+                j.direct = None;
+            }
             for i in 0..300 {
                 let l = line(i);
                 j.append(&l).unwrap();
@@ -533,6 +655,30 @@ mod tests {
         std::fs::write(&f.jsonl, b"").unwrap();
         drop(open(&f));
         assert_eq!(std::fs::read(&f.jsonl).unwrap(), b"");
+    }
+
+    #[test]
+    fn records_written_across_blocks_keep_the_records_before_them() {
+        let f = files();
+        let half = 32 * BLOCK as u64;
+        let mut j = WalJournal::open_with_half("t", &f.jsonl, &f.wal, half).unwrap();
+        assert!(j.direct.is_some(), "records written with O_DIRECT");
+        // Nine records of 1,540 bytes in one half: most start inside a block an earlier one
+        // filled part of, and end in the next. Then one larger than the buffer so far, which
+        // grows it mid-block, and one more after it.
+        let mut lines: Vec<Vec<u8>> = (0..9)
+            .map(|i| format!("{i:>1499}\n").into_bytes())
+            .collect();
+        lines.push([vec![b'9'; 69_999], b"\n".to_vec()].concat());
+        lines.push(format!("{:>99}\n", 10).into_bytes());
+        for l in &lines {
+            j.append(l).unwrap();
+        }
+        assert_eq!(j.epoch, 1, "no switch");
+        std::mem::forget(j);
+        std::fs::write(&f.jsonl, b"").unwrap();
+        drop(WalJournal::open_with_half("t", &f.jsonl, &f.wal, half).unwrap());
+        assert_eq!(std::fs::read(&f.jsonl).unwrap(), lines.concat());
     }
 
     #[test]
@@ -661,8 +807,10 @@ mod tests {
         let f = files();
         let mut j = open(&f);
         j.append(&line(1)).unwrap();
-        // The WAL's handle turned read-only: the record cannot be written.
+        // The WAL's handles turned read-only: the record cannot be written.
         let wal = std::mem::replace(&mut j.wal, File::open(&f.wal).unwrap());
+        let direct = j.direct.as_mut().expect("records written with O_DIRECT");
+        direct.file = File::open(&f.wal).unwrap();
         assert!(j.append(&line(2)).is_err());
         assert!(j.broken);
         assert_eq!(
@@ -671,6 +819,7 @@ mod tests {
             "the failed group's line is cut from the jsonl"
         );
         j.wal = wal;
+        j.direct = Direct::open(&f.wal, SMALL);
         // A failed fsync reports its error once; pages whose writeback failed may then be held
         // as clean. The reset writes every line the WAL holds again before its fsync: here the
         // first line's bytes, changed behind the journal's back, come back.
