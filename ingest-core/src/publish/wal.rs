@@ -7,8 +7,8 @@
 //! nothing else has dirtied the inode (see the offset in `append`). So each
 //! group of lines is appended to `<queue>.jsonl` without an fsync (readers see it at once, as
 //! before), and written with a checksum into `<queue>.wal`, a file of fixed size, zero-filled
-//! when created and used as two halves in turn. Only the WAL is fsynced before the group is
-//! answered. When a half is full, the writer goes on in the other half, and a thread of its own
+//! when created and used as two halves in turn. Only the WAL is made durable before the group
+//! is answered (written with `O_DIRECT | O_DSYNC` where the file system takes it: `Direct`). When a half is full, the writer goes on in the other half, and a thread of its own
 //! fsyncs the `.jsonl`, which by then holds every line of the half just left. A half is written
 //! again only after the fsync that followed its last use has finished, so every acknowledged
 //! line is always either durable in the `.jsonl` or in a WAL record.
