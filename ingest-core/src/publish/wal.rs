@@ -355,8 +355,8 @@ struct Direct {
 }
 
 impl Direct {
-    /// `None` where the file system refuses the flags (tmpfs, some network file systems) or
-    /// a half is not made of whole blocks.
+    /// `None` where the file system refuses the flags (tmpfs before Linux 6.6, some FUSE and
+    /// network file systems) or a half is not made of whole blocks.
     fn open(path: &Path, half: u64) -> Option<Self> {
         if !half.is_multiple_of(BLOCK as u64) {
             return None;
@@ -537,8 +537,8 @@ mod tests {
         WalJournal::open_with_half("t", &f.jsonl, &f.wal, SMALL).unwrap()
     }
 
-    /// Whether the temporary directory's file system refuses O_DIRECT (tmpfs): then a test of
-    /// that path says so and passes (this project's machines, ext4, take it).
+    /// Whether the temporary directory's file system refuses O_DIRECT (tmpfs before Linux
+    /// 6.6): then a test of that path says so and passes (this project's machines take it).
     fn no_direct_here(j: &WalJournal) -> bool {
         let none = j.direct.is_none();
         if none {
