@@ -4,12 +4,13 @@
 //! On this kind of disk (ext4, a virtio disk with a write cache) an fsync after an append costs
 //! three round trips to the device: the data, the inode (its size changed) and a cache flush.
 //! An fsync after overwriting blocks that already hold data costs two, and less CPU, as long as
-//! nothing else has dirtied the inode (see the offset in `append`). So each
-//! group of lines is appended to `<queue>.jsonl` without an fsync (readers see it at once, as
-//! before), and written with a checksum into `<queue>.wal`, a file of fixed size, zero-filled
-//! when created and used as two halves in turn. Only the WAL is made durable before the group
-//! is answered (written with `O_DIRECT | O_DSYNC` where the file system takes it: `Direct`). When a half is full, the writer goes on in the other half, and a thread of its own
-//! fsyncs the `.jsonl`, which by then holds every line of the half just left. A half is written
+//! nothing else has dirtied the inode (see the offset in `append`). So each group of lines is
+//! appended to `<queue>.jsonl` without an fsync (readers see it at once, as before), and
+//! written with a checksum into `<queue>.wal`, a file of fixed size, zero-filled when created
+//! and used as two halves in turn. Only the WAL is made durable before the group
+//! is answered (written with `O_DIRECT | O_DSYNC` where the file system takes it: `Direct`).
+//! When a half is full, the writer goes on in the other half, and a thread of its own fsyncs
+//! the `.jsonl`, which by then holds every line of the half just left. A half is written
 //! again only after the fsync that followed its last use has finished, so every acknowledged
 //! line is always either durable in the `.jsonl` or in a WAL record.
 //!
@@ -537,6 +538,17 @@ mod tests {
         WalJournal::open_with_half("t", &f.jsonl, &f.wal, SMALL).unwrap()
     }
 
+    /// The `.jsonl` after a start on `f` (and a clean stop).
+    fn restarted(f: &Files) -> Vec<u8> {
+        drop(open(f));
+        std::fs::read(&f.jsonl).unwrap()
+    }
+
+    /// The `.jsonl` opened for writing behind the journal's back.
+    fn jsonl_for_writing(f: &Files) -> File {
+        OpenOptions::new().write(true).open(&f.jsonl).unwrap()
+    }
+
     /// Whether the temporary directory's file system refuses O_DIRECT (tmpfs before Linux
     /// 6.6): then a test of that path says so and passes (this project's machines take it).
     fn no_direct_here(j: &WalJournal) -> bool {
@@ -593,12 +605,10 @@ mod tests {
         let mut expected = Vec::new();
         {
             let mut j = open(&f);
-            if direct {
-                if no_direct_here(&j) {
-                    return;
-                }
-            } else {
+            if !direct {
                 j.direct = None;
+            } else if no_direct_here(&j) {
+                return;
             }
             for i in 0..300 {
                 let l = line(i);
@@ -627,7 +637,7 @@ mod tests {
             text.len() - kept > SMALL as usize,
             "more than a half's lines lost"
         );
-        let file = OpenOptions::new().write(true).open(&f.jsonl).unwrap();
+        let file = jsonl_for_writing(&f);
         file.set_len(kept as u64 + 10).unwrap();
         // ... and may leave zeros where data was.
         file.write_all_at(&[0; 10], kept as u64).unwrap();
@@ -648,8 +658,7 @@ mod tests {
         std::mem::forget(j);
         std::mem::forget(open(&f));
         std::fs::write(&f.jsonl, b"").unwrap();
-        drop(open(&f));
-        assert_eq!(std::fs::read(&f.jsonl).unwrap(), b"");
+        assert_eq!(restarted(&f), b"");
         assert_eq!(
             std::fs::metadata(&f.wal).unwrap().len(),
             2 * SMALL,
@@ -664,8 +673,7 @@ mod tests {
         j.append(&line(1)).unwrap();
         drop(j);
         std::fs::write(&f.jsonl, b"").unwrap();
-        drop(open(&f));
-        assert_eq!(std::fs::read(&f.jsonl).unwrap(), b"");
+        assert_eq!(restarted(&f), b"");
     }
 
     #[test]
@@ -708,8 +716,7 @@ mod tests {
         assert!(panicked.is_err());
         // Its records are still there for the next open: a tail lost since is restored.
         std::fs::write(&f.jsonl, b"").unwrap();
-        drop(open(&f));
-        assert_eq!(std::fs::read(&f.jsonl).unwrap(), line(1));
+        assert_eq!(restarted(&f), line(1));
     }
 
     #[test]
@@ -740,17 +747,8 @@ mod tests {
         j.append(&line(1)).unwrap();
         j.append(&line(2)).unwrap();
         std::mem::forget(j);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&f.jsonl)
-            .unwrap()
-            .set_len(3)
-            .unwrap();
-        drop(open(&f));
-        assert_eq!(
-            std::fs::read(&f.jsonl).unwrap(),
-            [line(1), line(2)].concat()
-        );
+        jsonl_for_writing(&f).set_len(3).unwrap();
+        assert_eq!(restarted(&f), [line(1), line(2)].concat());
         assert_eq!(std::fs::metadata(&f.wal).unwrap().len(), 2 * SMALL);
     }
 
@@ -766,8 +764,7 @@ mod tests {
         text.extend_from_slice(&[0; 100]);
         text.extend_from_slice(b"half\"}\n{\"eventId\":\"x\"}\n");
         std::fs::write(&f.jsonl, text).unwrap();
-        drop(open(&f));
-        assert_eq!(std::fs::read(&f.jsonl).unwrap(), line(1));
+        assert_eq!(restarted(&f), line(1));
     }
 
     #[test]
@@ -782,8 +779,7 @@ mod tests {
         std::fs::rename(&f.jsonl, f.jsonl.with_extension("old")).unwrap();
         std::fs::write(&f.jsonl, b"").unwrap();
         std::fs::write(&f.wal, before).unwrap();
-        drop(open(&f));
-        assert_eq!(std::fs::read(&f.jsonl).unwrap(), b"");
+        assert_eq!(restarted(&f), b"");
     }
 
     #[test]
@@ -797,8 +793,7 @@ mod tests {
         drop(j);
         let text = std::fs::read(&f.jsonl).unwrap();
         assert_eq!(text, [line(1), big, line(2)].concat());
-        drop(open(&f));
-        assert_eq!(std::fs::read(&f.jsonl).unwrap(), text);
+        assert_eq!(restarted(&f), text);
     }
 
     #[test]
@@ -840,19 +835,10 @@ mod tests {
         // A failed fsync reports its error once; pages whose writeback failed may then be held
         // as clean. The reset writes every line the WAL holds again before its fsync: here the
         // first line's bytes, changed behind the journal's back, come back.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&f.jsonl)
-            .unwrap()
-            .write_all_at(b"XXXX", 0)
-            .unwrap();
+        jsonl_for_writing(&f).write_all_at(b"XXXX", 0).unwrap();
         j.append(&line(3)).unwrap();
         assert!(!j.broken);
         drop(j);
-        drop(open(&f));
-        assert_eq!(
-            std::fs::read(&f.jsonl).unwrap(),
-            [line(1), line(3)].concat()
-        );
+        assert_eq!(restarted(&f), [line(1), line(3)].concat());
     }
 }
